@@ -1,0 +1,176 @@
+//! The subcommands' work, as library functions so tests drive exactly what the binary runs:
+//! the processor with its supervised tasks, subscription admin, and the sample event producer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::admin_server::{self, Health};
+use crate::config::Config;
+use crate::events::RewardsEvent;
+use crate::kafka;
+use crate::metrics::Metrics;
+use crate::processor::{Dispatcher, Processor, SourceRef};
+use crate::subscriptions::loader::Loader;
+use crate::subscriptions::{Rules, Subscription, SubscriptionRecord, SubscriptionTable};
+
+/// Produces one record and waits for the broker's acknowledgement.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    value: Option<&[u8]>,
+) -> Result<()> {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    producer
+        .send(record, Timeout::After(Duration::from_secs(30)))
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("producing to {topic:?}"))?;
+    Ok(())
+}
+
+/// Validates and writes a subscription record (the secret in clear, as the processor needs it).
+pub async fn put_subscription(config: &Config, record: SubscriptionRecord) -> Result<Subscription> {
+    let sub = record
+        .validate(Rules {
+            allow_http: config.http.allow_http,
+        })
+        .map_err(|e| anyhow!("invalid subscription: {}", e.message))?;
+    let value = serde_json::to_vec(&sub.to_record()).context("encoding the subscription")?;
+    let producer = kafka::producer(config)?;
+    produce(
+        &producer,
+        &config.topics.subscriptions,
+        Some(&sub.id),
+        Some(&value),
+    )
+    .await?;
+    Ok(sub)
+}
+
+/// Writes the tombstone that deletes subscription `id`.
+pub async fn delete_subscription(config: &Config, id: &str) -> Result<()> {
+    crate::subscriptions::validate_id(id).map_err(|e| anyhow!("{}", e.message))?;
+    let producer = kafka::producer(config)?;
+    produce(&producer, &config.topics.subscriptions, Some(id), None).await
+}
+
+/// Reads the subscriptions topic to its current end into a fresh table.
+pub async fn load_table(config: &Config) -> Result<Arc<SubscriptionTable>> {
+    let table = Arc::new(SubscriptionTable::new());
+    Loader::new(config, table.clone(), Arc::new(Metrics::new()))?
+        .run(CancellationToken::new(), false)
+        .await?;
+    Ok(table)
+}
+
+/// A sample rewards event as the guide shows it, with the current time.
+pub fn sample_event(event_type: &str, user_id: &str, client_id: Option<&str>) -> serde_json::Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut event = serde_json::json!({
+        "event_type": event_type,
+        "data": {"user_id": user_id, "points": 150, "event_type": "purchase", "platform": "3news"},
+        "timestamp": now,
+    });
+    if let Some(c) = client_id {
+        event["client_id"] = serde_json::Value::from(c);
+    }
+    event
+}
+
+/// Logs each match; the dispatcher of `run` until a delivery engine is plugged in.
+pub struct LogDispatcher;
+
+impl Dispatcher for LogDispatcher {
+    async fn dispatch(
+        &self,
+        source: SourceRef,
+        event: Arc<RewardsEvent>,
+        subscriptions: Vec<Arc<Subscription>>,
+    ) -> Result<()> {
+        for s in subscriptions {
+            info!(
+                subscription = %s.id, partition = source.partition, offset = source.offset,
+                event_type = %event.event_type, "event matched"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the processor: admin server, subscription loader and event loop as supervised tasks
+/// sharing one cancellation token. Any task's error cancels the others and is returned.
+pub async fn run_processor<D: Dispatcher>(
+    config: Config,
+    dispatcher: D,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)?;
+    let table = Arc::new(SubscriptionTable::new());
+    let health = Arc::new(Health::new(table.clone()));
+    let producer = kafka::producer(&config)?;
+    let loader = Loader::new(&config, table.clone(), metrics.clone())?;
+    let processor = Processor::new(
+        &config,
+        producer,
+        table.clone(),
+        metrics.clone(),
+        health.clone(),
+        dispatcher,
+    )?;
+    let addr = config
+        .admin
+        .listen
+        .parse()
+        .context("admin.listen is not an address")?;
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
+    type Task = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+    let supervise = |name: &'static str, fut: Task| {
+        let cancel = cancel.clone();
+        let err_tx = err_tx.clone();
+        tasks.spawn(async move {
+            if let Err(e) = fut.await {
+                let _ = err_tx.send(e.context(format!("task {name} failed")));
+            }
+            cancel.cancel();
+        });
+    };
+    supervise(
+        "admin-server",
+        Box::pin(admin_server::serve(
+            addr,
+            metrics.clone(),
+            health,
+            cancel.clone(),
+            None,
+        )),
+    );
+    let loader_cancel = cancel.clone();
+    supervise(
+        "subscription-loader",
+        Box::pin(async move { loader.run(loader_cancel, true).await.map(|_| ()) }),
+    );
+    supervise("event-processor", Box::pin(processor.run(cancel.clone())));
+    tasks.close();
+    tasks.wait().await;
+    drop(err_tx);
+    match err_rx.recv().await {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,700 @@
+//! Typed, layered configuration: compiled-in defaults → optional TOML file → `MGPASS_*`
+//! environment variables → command-line flags, followed by one validation pass that reports every
+//! bad setting at once, each error naming its setting.
+//!
+//! Environment variables use `__` between levels (`MGPASS_KAFKA__BOOTSTRAP_SERVERS`,
+//! `MGPASS_DELIVERY__MAX_IN_FLIGHT`). Arbitrary librdkafka properties pass through
+//! `[kafka.properties]` in the file, or `MGPASS_KAFKA_PROP_<NAME>` in the environment where the
+//! name is the property with dots written as underscores (`MGPASS_KAFKA_PROP_SECURITY_PROTOCOL`
+//! → `security.protocol`). Secret-bearing properties are redacted by [`Config::redacted`].
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::{Figment, Provider};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::secret::REDACTED;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicNames,
+    pub topic_setup: TopicSetup,
+    pub http: HttpConfig,
+    pub delivery: DeliveryConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers` for every client.
+    pub bootstrap_servers: String,
+    /// Consumer group of the processor (events, retry and replay topics).
+    pub group_id: String,
+    /// `client.id` prefix; each client appends its role.
+    pub client_id: String,
+    /// Extra librdkafka properties applied to every client after our defaults (SASL, SSL, …).
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicNames {
+    pub events: String,
+    pub subscriptions: String,
+    pub retry_1s: String,
+    pub retry_5s: String,
+    pub retry_25s: String,
+    pub replay: String,
+    pub delivery_log: String,
+    pub failed: String,
+    pub invalid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicSetup {
+    /// Partitions of every topic except the subscriptions topic.
+    pub partitions: i32,
+    /// Partitions of the compacted subscriptions topic (every instance reads all of them).
+    pub subscription_partitions: i32,
+    /// Replication factor of every topic; -1 takes the broker's `default.replication.factor`.
+    pub replication_factor: i32,
+    /// `retention.ms` of the delivery-log and failed topics.
+    pub long_retention_ms: i64,
+    /// `retention.ms` of the events, retry, replay and invalid topics.
+    pub retention_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Accept `http://` endpoint URLs. Only for local development.
+    pub allow_http: bool,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Whole-request timeout, connect included.
+    pub request_timeout_ms: u64,
+    /// Extra PEM CA bundle trusted besides the built-in web roots (private CAs, tests).
+    pub ca_bundle: Option<PathBuf>,
+    /// Response bodies are read up to this many bytes (kept for the delivery log excerpt).
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Deliveries in flight across the whole process.
+    pub max_in_flight: usize,
+    /// Deliveries in flight to one endpoint (scheme + host + port), so a slow endpoint cannot
+    /// take the whole budget.
+    pub max_in_flight_per_endpoint: usize,
+    /// On SIGTERM/SIGINT, how long in-flight work may take to finish before exiting.
+    pub shutdown_deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP server (`/metrics`, `/livez`, `/readyz`).
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter directive, e.g. `info` or `info,mgpass_webhooks=debug`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "mgpass-webhooks".into(),
+            client_id: "mgpass-webhooks".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        TopicNames {
+            events: "rewards.events".into(),
+            subscriptions: "webhooks.subscriptions".into(),
+            retry_1s: "webhooks.retry.1s".into(),
+            retry_5s: "webhooks.retry.5s".into(),
+            retry_25s: "webhooks.retry.25s".into(),
+            replay: "webhooks.replay".into(),
+            delivery_log: "webhooks.delivery-log".into(),
+            failed: "webhooks.failed".into(),
+            invalid: "webhooks.invalid".into(),
+        }
+    }
+}
+
+impl TopicNames {
+    /// Every topic with its setting name, for validation and topic setup.
+    pub fn all(&self) -> [(&'static str, &str); 9] {
+        [
+            ("topics.events", &self.events),
+            ("topics.subscriptions", &self.subscriptions),
+            ("topics.retry_1s", &self.retry_1s),
+            ("topics.retry_5s", &self.retry_5s),
+            ("topics.retry_25s", &self.retry_25s),
+            ("topics.replay", &self.replay),
+            ("topics.delivery_log", &self.delivery_log),
+            ("topics.failed", &self.failed),
+            ("topics.invalid", &self.invalid),
+        ]
+    }
+
+    /// All names derived from one prefix, so that tests (and tenants) can run side by side.
+    pub fn with_prefix(prefix: &str) -> Self {
+        let d = TopicNames::default();
+        let p = |s: &str| format!("{prefix}{s}");
+        TopicNames {
+            events: p(&d.events),
+            subscriptions: p(&d.subscriptions),
+            retry_1s: p(&d.retry_1s),
+            retry_5s: p(&d.retry_5s),
+            retry_25s: p(&d.retry_25s),
+            replay: p(&d.replay),
+            delivery_log: p(&d.delivery_log),
+            failed: p(&d.failed),
+            invalid: p(&d.invalid),
+        }
+    }
+}
+
+impl Default for TopicSetup {
+    fn default() -> Self {
+        TopicSetup {
+            partitions: 6,
+            subscription_partitions: 3,
+            replication_factor: -1,
+            long_retention_ms: 30 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allow_http: false,
+            connect_timeout_ms: 3_000,
+            request_timeout_ms: 10_000,
+            ca_bundle: None,
+            max_response_bytes: 4096,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_in_flight: 1024,
+            max_in_flight_per_endpoint: 64,
+            shutdown_deadline_secs: 30,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Every problem found while loading or validating the configuration, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// Environment variable prefix of every setting.
+pub const ENV_PREFIX: &str = "MGPASS_";
+/// Environment variable prefix of librdkafka pass-through properties.
+pub const ENV_KAFKA_PROP_PREFIX: &str = "MGPASS_KAFKA_PROP_";
+
+/// Command-line overrides, the last layer. `set` holds `dotted.key=value` pairs.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub bootstrap_servers: Option<String>,
+    pub set: Vec<String>,
+}
+
+impl Config {
+    /// Loads the layers in order and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                problems.push(format!("--config {}: no such file", path.display()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        // figment reads the process environment itself; filter what it would see by our prefix.
+        let ours: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !k.starts_with(ENV_KAFKA_PROP_PREFIX))
+            .cloned()
+            .collect();
+        for (key, value) in &ours {
+            let path = key[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            figment = figment.merge(Serialized::global(&path, parse_scalar(value)));
+        }
+        // Property names contain dots, which figment would read as nesting: collect them into one
+        // map and merge that under `kafka.properties`.
+        let mut props = BTreeMap::new();
+        for (key, value) in &env {
+            if let Some(name) = key.strip_prefix(ENV_KAFKA_PROP_PREFIX) {
+                props.insert(name.to_ascii_lowercase().replace('_', "."), value.clone());
+            }
+        }
+        if let Some(bs) = &overrides.bootstrap_servers {
+            figment = figment.merge(Serialized::global("kafka.bootstrap_servers", bs.clone()));
+        }
+        for pair in &overrides.set {
+            match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    let k = k.trim();
+                    if let Some(prop) = k.strip_prefix("kafka.properties.") {
+                        props.insert(prop.to_string(), v.to_string());
+                    } else {
+                        figment = figment.merge(Serialized::global(k, parse_scalar(v)));
+                    }
+                }
+                _ => problems.push(format!("--set {pair:?}: expected KEY=VALUE")),
+            }
+        }
+        if !props.is_empty() {
+            figment = figment.merge(Serialized::global("kafka.properties", props));
+        }
+        let config = extract_all(&figment, &mut problems);
+        if let Some(config) = &config {
+            problems.extend(config.validate());
+        }
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+
+    /// Loads from the process environment.
+    pub fn from_process(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::load(file, std::env::vars(), overrides)
+    }
+
+    /// Every semantic problem of an otherwise well-typed config, each naming its setting.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            p.push("kafka.bootstrap_servers: must not be empty".into());
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            p.push("kafka.group_id: must not be empty".into());
+        }
+        for (key, value) in &self.kafka.properties {
+            if key.trim().is_empty() || key.contains(char::is_whitespace) {
+                p.push(format!("kafka.properties: invalid property name {key:?}"));
+            }
+            if value.is_empty() {
+                p.push(format!("kafka.properties.{key}: empty value"));
+            }
+        }
+        let mut seen = std::collections::HashMap::new();
+        for (setting, name) in self.topics.all() {
+            if let Err(e) = validate_topic_name(name) {
+                p.push(format!("{setting}: {e}"));
+            }
+            if let Some(other) = seen.insert(name, setting) {
+                p.push(format!("{setting}: same topic {name:?} as {other}"));
+            }
+        }
+        if self.topic_setup.partitions < 1 {
+            p.push("topic_setup.partitions: must be at least 1".into());
+        }
+        if self.topic_setup.subscription_partitions < 1 {
+            p.push("topic_setup.subscription_partitions: must be at least 1".into());
+        }
+        if self.topic_setup.replication_factor == 0 || self.topic_setup.replication_factor < -1 {
+            p.push(
+                "topic_setup.replication_factor: must be -1 (broker default) or at least 1".into(),
+            );
+        }
+        if self.topic_setup.long_retention_ms < -1 || self.topic_setup.long_retention_ms == 0 {
+            p.push("topic_setup.long_retention_ms: must be positive or -1 (forever)".into());
+        }
+        if self.topic_setup.retention_ms < -1 || self.topic_setup.retention_ms == 0 {
+            p.push("topic_setup.retention_ms: must be positive or -1 (forever)".into());
+        }
+        if self.http.connect_timeout_ms == 0 {
+            p.push("http.connect_timeout_ms: must be positive".into());
+        }
+        if self.http.request_timeout_ms == 0 {
+            p.push("http.request_timeout_ms: must be positive".into());
+        }
+        if self.http.connect_timeout_ms > self.http.request_timeout_ms {
+            p.push("http.connect_timeout_ms: must not exceed http.request_timeout_ms".into());
+        }
+        if let Some(ca) = &self.http.ca_bundle {
+            if !ca.is_file() {
+                p.push(format!("http.ca_bundle: no such file {}", ca.display()));
+            }
+        }
+        if self.delivery.max_in_flight == 0 {
+            p.push("delivery.max_in_flight: must be positive".into());
+        }
+        if self.delivery.max_in_flight_per_endpoint == 0 {
+            p.push("delivery.max_in_flight_per_endpoint: must be positive".into());
+        }
+        if self.delivery.max_in_flight_per_endpoint > self.delivery.max_in_flight {
+            p.push(
+                "delivery.max_in_flight_per_endpoint: must not exceed delivery.max_in_flight"
+                    .into(),
+            );
+        }
+        if self.admin.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "admin.listen: {:?} is not an address such as 0.0.0.0:9464",
+                self.admin.listen
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            p.push(format!(
+                "log.format: {:?} is not `text` or `json`",
+                self.log.format
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            p.push(format!(
+                "log.level: {:?} is not a tracing filter",
+                self.log.level
+            ));
+        }
+        p
+    }
+
+    /// The effective configuration as TOML with every secret-bearing value redacted.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.clone();
+        for (key, value) in shown.kafka.properties.iter_mut() {
+            if is_secret_property(key) {
+                *value = REDACTED.into();
+            }
+        }
+        toml_string(&shown)
+    }
+}
+
+/// librdkafka properties whose values are credentials.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "ssl.key.pem",
+        "ssl.keystore",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 249 {
+        return Err(format!("{name:?} is longer than 249 characters"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid topic name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; only [a-zA-Z0-9._-] are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// An environment or `--set` value, read as figment's own `Env` provider reads one: numbers and
+/// booleans typed, `"quoted"` text forced to a string, anything else a string.
+fn parse_scalar(v: &str) -> figment::value::Value {
+    v.parse().expect("figment value parsing is infallible")
+}
+
+/// Extracts each section on its own so that one bad section does not hide the problems of the
+/// others, and reports unknown top-level sections.
+fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> {
+    fn section<T: serde::de::DeserializeOwned>(
+        figment: &Figment,
+        name: &str,
+        problems: &mut Vec<String>,
+    ) -> Option<T> {
+        match figment.extract_inner::<T>(name) {
+            Ok(v) => Some(v),
+            Err(errors) => {
+                for e in errors {
+                    let mut e = e;
+                    if e.path.first().is_none_or(|p| p != name) {
+                        e.path.insert(0, name.to_string());
+                    }
+                    problems.push(describe_figment_error(&e));
+                }
+                None
+            }
+        }
+    }
+    const SECTIONS: [&str; 7] = [
+        "kafka",
+        "topics",
+        "topic_setup",
+        "http",
+        "delivery",
+        "admin",
+        "log",
+    ];
+    if let Ok(dict) = figment.data() {
+        for key in dict.values().flat_map(|d| d.keys()) {
+            if !SECTIONS.contains(&key.as_str()) {
+                problems.push(format!(
+                    "{key}: unknown setting (sections are {})",
+                    SECTIONS.join(", ")
+                ));
+            }
+        }
+    }
+    // Every section is extracted before any is unwrapped, so all problems are collected.
+    let kafka = section(figment, "kafka", problems);
+    let topics = section(figment, "topics", problems);
+    let topic_setup = section(figment, "topic_setup", problems);
+    let http = section(figment, "http", problems);
+    let delivery = section(figment, "delivery", problems);
+    let admin = section(figment, "admin", problems);
+    let log = section(figment, "log", problems);
+    let config = Config {
+        kafka: kafka?,
+        topics: topics?,
+        topic_setup: topic_setup?,
+        http: http?,
+        delivery: delivery?,
+        admin: admin?,
+        log: log?,
+    };
+    Some(config)
+}
+
+fn describe_figment_error(e: &figment::Error) -> String {
+    let path = e.path.join(".");
+    let mut msg = e.kind.to_string();
+    if let Some(src) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        msg = format!("{msg} (from {src})");
+    }
+    if path.is_empty() {
+        msg
+    } else {
+        format!("{path}: {msg}")
+    }
+}
+
+fn toml_string(config: &Config) -> String {
+    // figment ships no TOML writer; our config is flat enough to render by hand through JSON.
+    let value = serde_json::to_value(config).expect("config serialises");
+    let mut out = String::new();
+    render_toml_table(&mut out, "", &value);
+    out
+}
+
+fn render_toml_table(out: &mut String, prefix: &str, value: &serde_json::Value) {
+    let Some(map) = value.as_object() else { return };
+    let mut tables = Vec::new();
+    for (k, v) in map {
+        match v {
+            serde_json::Value::Object(_) => tables.push((k, v)),
+            serde_json::Value::Null => out.push_str(&format!("# {k} = (unset)\n")),
+            _ => out.push_str(&format!("{} = {}\n", toml_key(k), v)),
+        }
+    }
+    for (k, v) in tables {
+        let name = if prefix.is_empty() {
+            toml_key(k)
+        } else {
+            format!("{prefix}.{}", toml_key(k))
+        };
+        out.push_str(&format!("\n[{name}]\n"));
+        render_toml_table(out, &name, v);
+    }
+}
+
+fn toml_key(k: &str) -> String {
+    if k.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_string()
+    } else {
+        serde_json::to_string(k).expect("string serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "[kafka]\nbootstrap_servers = \"file:9092\"\ngroup_id = \"from-file\"\n\
+             [delivery]\nmax_in_flight = 10\nmax_in_flight_per_endpoint = 5\n\
+             [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"pw\""
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(file.path()),
+            env(&[
+                ("MGPASS_KAFKA__GROUP_ID", "from-env"),
+                ("MGPASS_DELIVERY__MAX_IN_FLIGHT", "20"),
+                ("MGPASS_KAFKA_PROP_SASL_MECHANISM", "PLAIN"),
+                ("OTHER", "ignored"),
+            ]),
+            &Overrides {
+                bootstrap_servers: Some("flag:9092".into()),
+                set: vec![
+                    "delivery.max_in_flight=30".into(),
+                    "kafka.properties.ssl.ca.location=/etc/ca.pem".into(),
+                ],
+            },
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "flag:9092");
+        assert_eq!(c.kafka.group_id, "from-env");
+        assert_eq!(c.delivery.max_in_flight, 30);
+        assert_eq!(c.delivery.max_in_flight_per_endpoint, 5);
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.properties["sasl.mechanism"], "PLAIN");
+        assert_eq!(c.kafka.properties["ssl.ca.location"], "/etc/ca.pem");
+        let shown = c.redacted();
+        assert!(
+            shown.contains("\"sasl.password\" = \"[redacted]\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("\"pw\""), "{shown}");
+    }
+
+    #[test]
+    fn every_error_names_its_setting() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "[delivery]\nmax_in_flight = \"lots\"\n[http]\nunknown_knob = 1\n"
+        )
+        .unwrap();
+        let err = Config::load(Some(file.path()), env(&[]), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("delivery.max_in_flight"), "{text}");
+        assert!(text.contains("unknown_knob"), "{text}");
+    }
+
+    #[test]
+    fn validation_reports_all_problems_at_once() {
+        let err = Config::load(
+            None,
+            env(&[
+                ("MGPASS_TOPICS__RETRY_5S", "webhooks.retry.1s"),
+                ("MGPASS_ADMIN__LISTEN", "nowhere"),
+                ("MGPASS_LOG__FORMAT", "xml"),
+                ("MGPASS_TOPICS__INVALID", "bad topic"),
+                ("MGPASS_DELIVERY__MAX_IN_FLIGHT", "0"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for setting in [
+            "topics.retry_5s",
+            "admin.listen",
+            "log.format",
+            "topics.invalid",
+            "delivery.max_in_flight",
+        ] {
+            assert!(text.contains(setting), "{setting} missing from {text}");
+        }
+        assert_eq!(err.problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn missing_config_file_is_named() {
+        let err = Config::load(
+            Some(Path::new("/nonexistent/mgpass.toml")),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/mgpass.toml"));
+    }
+
+    #[test]
+    fn malformed_set_flag_is_named() {
+        let err = Config::load(
+            None,
+            env(&[]),
+            &Overrides {
+                bootstrap_servers: None,
+                set: vec!["novalue".into()],
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--set \"novalue\""));
+    }
+}

@@ -1,0 +1,251 @@
+//! Decoding rewards events (SPEC §2) from Kafka record values.
+//!
+//! The JSON form is `{"event_type", "data", "timestamp", "client_id"?}`: `event_type` a non-empty
+//! string, `data` an object, `timestamp` RFC 3339 (any offset; normalised to UTC with millisecond
+//! precision and `Z`, sub-millisecond digits truncated), `client_id` an optional string. Other
+//! top-level fields are ignored so producers can add metadata. A value that fails any of this is
+//! an [`InvalidEvent`] with a stable reason code (for metrics and the `webhooks.invalid` header)
+//! and a message naming what is wrong; it never panics on any bytes.
+//!
+//! The Avro form (Confluent wire format, magic byte 0) is recognised and reported as unsupported
+//! until the schema-registry decoder lands; such records go to `webhooks.invalid`, nothing is lost.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Event types of the public guide. Others are still delivered to `*` subscribers.
+pub const KNOWN_EVENT_TYPES: [&str; 11] = [
+    "rewards.points_awarded",
+    "rewards.tier_promoted",
+    "rewards.redeemed",
+    "cashback.redeemed",
+    "cashback.processed",
+    "cashback.rejected",
+    "cashback.redemption_completed",
+    "cashback.redemption_cancelled",
+    "rewards.rule_created",
+    "rewards.catalog_created",
+    "rewards.partner_created",
+];
+
+/// Longest event type accepted.
+pub const MAX_EVENT_TYPE_LEN: usize = 255;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardsEvent {
+    pub event_type: String,
+    pub data: Map<String, Value>,
+    /// UTC, millisecond precision, `Z`: `2025-01-15T10:30:00.000Z`.
+    pub timestamp: String,
+    pub client_id: Option<String>,
+}
+
+/// Why a record could not be decoded: a bounded `code` and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct InvalidEvent {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl InvalidEvent {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        InvalidEvent {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    event_type: Option<Value>,
+    data: Option<Value>,
+    timestamp: Option<Value>,
+    #[serde(default)]
+    client_id: Option<Value>,
+}
+
+impl RewardsEvent {
+    /// Decodes one record value.
+    pub fn decode(value: Option<&[u8]>) -> Result<RewardsEvent, InvalidEvent> {
+        let bytes = value.ok_or_else(|| InvalidEvent::new("empty_value", "record has no value"))?;
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Err(InvalidEvent::new("empty_value", "record value is empty")),
+            Some(0) => {
+                return Err(InvalidEvent::new(
+                    "unsupported_avro",
+                    "Confluent Avro wire format (magic byte 0) is not decoded by this version",
+                ))
+            }
+            Some(b'{') => {}
+            Some(_) => {
+                return Err(InvalidEvent::new(
+                    "not_json_object",
+                    "record value is not a JSON object",
+                ))
+            }
+        }
+        let wire: Wire = serde_json::from_slice(bytes)
+            .map_err(|e| InvalidEvent::new("bad_json", format!("not valid JSON: {e}")))?;
+        let event_type = match wire.event_type {
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return Err(InvalidEvent::new(
+                    "bad_event_type",
+                    "event_type is not a string",
+                ))
+            }
+            None => return Err(InvalidEvent::new("missing_field", "event_type is missing")),
+        };
+        if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN {
+            return Err(InvalidEvent::new(
+                "bad_event_type",
+                format!("event_type must be 1 to {MAX_EVENT_TYPE_LEN} bytes"),
+            ));
+        }
+        if event_type.chars().any(char::is_control) {
+            return Err(InvalidEvent::new(
+                "bad_event_type",
+                "event_type contains control characters",
+            ));
+        }
+        let data = match wire.data {
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(InvalidEvent::new("bad_data", "data is not a JSON object")),
+            None => return Err(InvalidEvent::new("missing_field", "data is missing")),
+        };
+        let timestamp = match wire.timestamp {
+            Some(Value::String(s)) => normalise_timestamp(&s)?,
+            Some(_) => {
+                return Err(InvalidEvent::new(
+                    "bad_timestamp",
+                    "timestamp is not a string",
+                ))
+            }
+            None => return Err(InvalidEvent::new("missing_field", "timestamp is missing")),
+        };
+        let client_id = match wire.client_id {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(_) => {
+                return Err(InvalidEvent::new(
+                    "bad_client_id",
+                    "client_id must be a non-empty string or null",
+                ))
+            }
+        };
+        Ok(RewardsEvent {
+            event_type,
+            data,
+            timestamp,
+            client_id,
+        })
+    }
+
+    /// The idempotency key the guide tells receivers to use: `event_type + data.user_id +
+    /// timestamp` (the user id as JavaScript would print it; empty when absent).
+    pub fn idempotency_key(&self) -> String {
+        let user = match self.data.get("user_id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => {
+                let mut out = Vec::new();
+                crate::body::write_js_json(&mut out, other);
+                String::from_utf8(out).expect("JSON is UTF-8")
+            }
+        };
+        format!("{}{}{}", self.event_type, user, self.timestamp)
+    }
+}
+
+/// RFC 3339 → UTC, millisecond precision, `Z`.
+pub fn normalise_timestamp(s: &str) -> Result<String, InvalidEvent> {
+    let t = DateTime::parse_from_rfc3339(s).map_err(|e| {
+        InvalidEvent::new(
+            "bad_timestamp",
+            format!("timestamp {s:?} is not RFC 3339: {e}"),
+        )
+    })?;
+    Ok(t.with_timezone(&Utc)
+        .to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<RewardsEvent, InvalidEvent> {
+        RewardsEvent::decode(Some(s.as_bytes()))
+    }
+
+    #[test]
+    fn decodes_the_guide_example() {
+        let e = decode(
+            r#"{"event_type":"rewards.points_awarded","data":{"user_id":"usr_abc123","points":150},
+                "timestamp":"2025-01-15T10:30:00.000Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.event_type, "rewards.points_awarded");
+        assert_eq!(e.timestamp, "2025-01-15T10:30:00.000Z");
+        assert_eq!(e.client_id, None);
+        assert_eq!(
+            e.idempotency_key(),
+            "rewards.points_awardedusr_abc1232025-01-15T10:30:00.000Z"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_normalised_to_utc_millis() {
+        for (input, expected) in [
+            ("2025-01-15T10:30:00Z", "2025-01-15T10:30:00.000Z"),
+            ("2025-01-15T10:30:00.1Z", "2025-01-15T10:30:00.100Z"),
+            ("2025-01-15T10:30:00.123456789Z", "2025-01-15T10:30:00.123Z"),
+            ("2025-01-15T12:30:00.000+02:00", "2025-01-15T10:30:00.000Z"),
+            ("2025-01-15t10:30:00.000z", "2025-01-15T10:30:00.000Z"),
+            ("2025-01-15T00:30:00-01:00", "2025-01-15T01:30:00.000Z"),
+        ] {
+            assert_eq!(normalise_timestamp(input).unwrap(), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_with_a_reason_code() {
+        let ok_data = r#""data":{},"timestamp":"2025-01-15T10:30:00Z""#;
+        #[rustfmt::skip]
+        let cases: &[(Option<&[u8]>, &str)] = &[
+            (None, "empty_value"),
+            (Some(b""), "empty_value"),
+            (Some(b"  \n"), "empty_value"),
+            (Some(b"\x00\x00\x00\x00\x01\x02"), "unsupported_avro"),
+            (Some(b"[1,2]"), "not_json_object"),
+            (Some(b"\xff\xfe"), "not_json_object"),
+            (Some(b"{\"event_type\":"), "bad_json"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{\"x\":\"\\ud800\"},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "bad_json"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{\"x\":1e400},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "bad_json"),
+            (Some(b"{\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "missing_field"),
+            (Some(b"{\"event_type\":\"a\",\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "missing_field"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{}}"), "missing_field"),
+            (Some(b"{\"event_type\":\"a\",\"data\":[],\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "bad_data"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{},\"timestamp\":\"yesterday\"}"), "bad_timestamp"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{},\"timestamp\":1736937000}"), "bad_timestamp"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{},\"timestamp\":\"2025-01-15 10:30:00\"}"), "bad_timestamp"),
+            (Some(b"{\"event_type\":7,\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "bad_event_type"),
+            (Some(b"{\"event_type\":\"\",\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "bad_event_type"),
+            (Some(b"{\"event_type\":\"a\\nb\",\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "bad_event_type"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\",\"client_id\":5}"), "bad_client_id"),
+        ];
+        for (input, code) in cases {
+            let err = RewardsEvent::decode(*input).unwrap_err();
+            assert_eq!(&err.code, code, "{input:?}: {err}");
+            assert!(!err.message.is_empty());
+        }
+        // Unknown top-level fields are tolerated; null client_id is no scope.
+        let e = decode(&format!(
+            r#"{{"event_type":"x.y",{ok_data},"client_id":null,"v":2}}"#
+        ))
+        .unwrap();
+        assert_eq!(e.client_id, None);
+    }
+}

@@ -1,0 +1,126 @@
+//! librdkafka client configuration for every role: the output producer (idempotent, `acks=all`),
+//! the processor's group consumers, the group-less subscription reader and the admin client.
+//! Our defaults come first and `kafka.properties` are applied last, so operators can set SASL,
+//! SSL or any tuning property; an unknown property fails client creation naming it.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::Config;
+
+/// Default timeout of metadata and watermark requests.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bootstrap servers, `client.id`, then the operator's pass-through properties.
+pub fn base(config: &Config, role: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("client.id", format!("{}-{role}", config.kafka.client_id));
+    c
+}
+
+fn with_properties(mut c: ClientConfig, config: &Config) -> ClientConfig {
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The producer of every output record: idempotent and `acks=all`, so an acknowledged record is
+/// durable and retried sends never duplicate within a session.
+pub fn producer(config: &Config) -> Result<FutureProducer> {
+    let mut c = base(config, "producer");
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "120000");
+    create(with_properties(c, config), "producer")
+}
+
+/// A consumer in the processor's group. Offsets are stored by the application only after a
+/// record's outputs are acknowledged (`enable.auto.offset.store=false`) and committed in the
+/// background from that store.
+pub fn group_consumer(config: &Config, role: &str) -> Result<StreamConsumer> {
+    let mut c = base(config, role);
+    c.set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    create(with_properties(c, config), role)
+}
+
+/// A group-less consumer that reads partitions by explicit assignment (the subscription table).
+pub fn reader(config: &Config, role: &str) -> Result<StreamConsumer> {
+    let mut c = base(config, role);
+    c.set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    let mut c = with_properties(c, config);
+    // librdkafka refuses assign() without a group.id; the reader never subscribes or commits, so
+    // this id never joins a group or stores an offset.
+    c.set(
+        "group.id",
+        format!("{}.{role}-reader", config.kafka.group_id),
+    );
+    create(c, role)
+}
+
+pub fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>> {
+    create(with_properties(base(config, "admin"), config), "admin")
+}
+
+fn create<T: rdkafka::config::FromClientConfig>(c: ClientConfig, role: &str) -> Result<T> {
+    c.create()
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("creating the Kafka {role} client (check kafka.* settings)"))
+}
+
+/// Partition ids of `topic`, failing with a clear message when it does not exist.
+pub fn partitions<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<Vec<i32>> {
+    let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT);
+    let metadata =
+        metadata.with_context(|| format!("fetching metadata of topic {topic:?} from Kafka"))?;
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| anyhow!("topic {topic:?} is missing from the metadata"))?;
+    if let Some(err) = t.error() {
+        return Err(anyhow!(
+            "topic {topic:?} is not available ({err:?}); create the topics with `mgpass-webhooks setup-topics`"
+        ));
+    }
+    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    if ids.is_empty() {
+        return Err(anyhow!(
+            "topic {topic:?} does not exist; create the topics with `mgpass-webhooks setup-topics`"
+        ));
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Fails with a clear message when no broker answers within `timeout`.
+pub fn check_reachable(config: &Config, timeout: Duration) -> Result<()> {
+    let c: BaseConsumer = create(with_properties(base(config, "probe"), config), "probe")?;
+    c.fetch_metadata(None, timeout)
+        .map(|_| ())
+        .with_context(|| {
+            format!(
+                "no Kafka broker answered at {} within {timeout:?}",
+                config.kafka.bootstrap_servers
+            )
+        })
+}

@@ -1,0 +1,306 @@
+//! The `mgpass-webhooks` binary: one command-line front end over the library's subcommands.
+//! Configuration errors and bad arguments fail at start with a message naming the setting.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mgpass_webhooks::commands;
+use mgpass_webhooks::config::{Config, Overrides};
+use mgpass_webhooks::events::KNOWN_EVENT_TYPES;
+use mgpass_webhooks::metrics::Metrics;
+use mgpass_webhooks::secret::Secret;
+use mgpass_webhooks::subscriptions::SubscriptionRecord;
+use mgpass_webhooks::topics::{self, SetupOutcome};
+use mgpass_webhooks::{kafka, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "mgpass-webhooks",
+    version,
+    about = "Kafka-native webhook delivery for mgPass rewards"
+)]
+struct Cli {
+    /// TOML configuration file (layered over the built-in defaults, under the environment).
+    #[arg(long, short = 'c', global = true, env = "MGPASS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides kafka.bootstrap_servers).
+    #[arg(long, short = 'b', global = true)]
+    bootstrap_servers: Option<String>,
+    /// Override any setting: --set delivery.max_in_flight=512 (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the processor: load subscriptions, consume events, deliver webhooks.
+    Run,
+    /// Create every topic with its policy (harmless when they exist).
+    SetupTopics {
+        /// Partitions of the event, retry, replay and output topics.
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Replication factor of every topic (-1: broker default).
+        #[arg(long)]
+        replication_factor: Option<i32>,
+    },
+    /// Print the effective configuration, secrets redacted, after validating it.
+    CheckConfig,
+    /// Manage subscriptions (records of the compacted subscriptions topic).
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+    /// Produce sample rewards events, for trying the processor out.
+    ProduceSample {
+        #[arg(long, default_value = "rewards.points_awarded")]
+        event_type: String,
+        #[arg(long, default_value = "usr_abc123")]
+        user_id: String,
+        /// OAuth client the event comes from.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// How many events.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionsCommand {
+    /// Create or replace a subscription.
+    Put(PutArgs),
+    /// Delete a subscription (writes a tombstone).
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+    /// Show one subscription (secret redacted).
+    Get {
+        #[arg(long)]
+        id: String,
+    },
+    /// List every subscription (secrets redacted).
+    List,
+}
+
+#[derive(Args)]
+struct PutArgs {
+    #[arg(long)]
+    id: String,
+    /// Endpoint URL (https://…; http:// only with http.allow_http).
+    #[arg(long)]
+    url: String,
+    /// Event type to receive (repeatable); `*` for every event.
+    #[arg(long = "event-type", default_value = "*")]
+    event_types: Vec<String>,
+    /// Only receive events from this OAuth client.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Secret to sign with; generated (and printed once) when omitted. Prefer --secret-env.
+    #[arg(long, conflicts_with = "secret_env")]
+    secret: Option<String>,
+    /// Name of an environment variable holding the secret.
+    #[arg(long)]
+    secret_env: Option<String>,
+    /// Create the subscription disabled.
+    #[arg(long)]
+    disabled: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        bootstrap_servers: cli.bootstrap_servers.clone(),
+        set: cli.set.clone(),
+    };
+    let config = match Config::from_process(cli.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mgpass-webhooks: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mgpass-webhooks: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mgpass-webhooks: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, mut config: Config) -> Result<()> {
+    match command {
+        Command::Run => {
+            let cancel = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(cancel.clone()));
+            let metrics = Arc::new(Metrics::new());
+            commands::run_processor(config, commands::LogDispatcher, metrics, cancel).await
+        }
+        Command::SetupTopics {
+            partitions,
+            replication_factor,
+        } => {
+            if let Some(p) = partitions {
+                config.topic_setup.partitions = p;
+            }
+            if let Some(r) = replication_factor {
+                config.topic_setup.replication_factor = r;
+            }
+            let problems = config.validate();
+            if !problems.is_empty() {
+                return Err(anyhow!("{}", problems.join("; ")));
+            }
+            for (name, outcome) in topics::setup(&config).await? {
+                match outcome {
+                    SetupOutcome::Created => println!("created  {name}"),
+                    SetupOutcome::Existed => println!("exists   {name}"),
+                    SetupOutcome::ExistedWithDifferences(diffs) => {
+                        for (k, want, got) in diffs {
+                            println!("exists   {name}  WARNING {k}={got:?}, expected {want:?}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::CheckConfig => {
+            print!("{}", config.redacted());
+            kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)
+                .map(|()| eprintln!("kafka: reachable at {}", config.kafka.bootstrap_servers))
+        }
+        Command::Subscriptions(cmd) => subscriptions(cmd, &config).await,
+        Command::ProduceSample {
+            event_type,
+            user_id,
+            client_id,
+            count,
+        } => {
+            let producer = kafka::producer(&config)?;
+            for _ in 0..count {
+                let event = commands::sample_event(&event_type, &user_id, client_id.as_deref());
+                let bytes = serde_json::to_vec(&event)?;
+                commands::produce(
+                    &producer,
+                    &config.topics.events,
+                    Some(&user_id),
+                    Some(&bytes),
+                )
+                .await?;
+                println!("{event}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()> {
+    match cmd {
+        SubscriptionsCommand::Put(a) => {
+            let (secret, generated) = match (a.secret, a.secret_env) {
+                (Some(s), _) => (Secret::new(s), false),
+                (None, Some(var)) => (
+                    Secret::new(
+                        std::env::var(&var)
+                            .with_context(|| format!("--secret-env: variable {var} is not set"))?,
+                    ),
+                    false,
+                ),
+                (None, None) => (Secret::generate(), true),
+            };
+            let record = SubscriptionRecord {
+                id: a.id,
+                url: a.url,
+                event_types: a.event_types,
+                client_id: a.client_id,
+                secret: secret.expose().to_string(),
+                enabled: !a.disabled,
+            };
+            let sub = commands::put_subscription(config, record).await?;
+            println!("{}", describe(&sub));
+            if generated {
+                // Shown once, on stdout only, so the admin can hand it to the partner.
+                println!("secret: {}", secret.expose());
+            }
+            Ok(())
+        }
+        SubscriptionsCommand::Delete { id } => {
+            commands::delete_subscription(config, &id).await?;
+            println!("deleted {id}");
+            Ok(())
+        }
+        SubscriptionsCommand::Get { id } => {
+            let table = commands::load_table(config).await?;
+            let sub = table
+                .get(&id)
+                .ok_or_else(|| anyhow!("no subscription with id {id:?}"))?;
+            println!("{}", describe(&sub));
+            Ok(())
+        }
+        SubscriptionsCommand::List => {
+            let table = commands::load_table(config).await?;
+            for sub in table.snapshot() {
+                println!("{}", describe(&sub));
+            }
+            eprintln!(
+                "{} subscriptions; known event types: {}",
+                table.len(),
+                KNOWN_EVENT_TYPES.join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+/// One subscription as JSON, secret redacted.
+fn describe(sub: &mgpass_webhooks::subscriptions::Subscription) -> String {
+    serde_json::json!({
+        "id": sub.id,
+        "url": sub.url.as_str(),
+        "event_types": sub.event_types,
+        "client_id": sub.client_id,
+        "secret": sub.secret,
+        "enabled": sub.enabled,
+    })
+    .to_string()
+}
+
+/// The first SIGTERM/SIGINT cancels (graceful shutdown); a second exits at once.
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            return;
+        }
+    };
+    for n in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        if n == 0 {
+            tracing::info!("shutdown requested; a second signal exits at once");
+            cancel.cancel();
+        } else {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! Subscription records (SPEC §2), their validation, and the in-memory table the processor
+//! matches events against.
+//!
+//! Guarantees:
+//! - A record is validated as a whole before it touches the table; an invalid record (bad JSON,
+//!   key ≠ id, bad URL, unknown event type, empty secret, …) is reported with a reason code and
+//!   leaves the last good version of that subscription in place.
+//! - A null value (tombstone) deletes the subscription.
+//! - The table is *ready* only once the loader has read every partition up to the end offsets
+//!   captured when it started; [`SubscriptionTable::wait_ready`] lets the processor hold back
+//!   event matching until then. See [`loader`] for how completion is judged.
+
+pub mod loader;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use url::Url;
+
+use crate::events::KNOWN_EVENT_TYPES;
+use crate::matching::{self, WILDCARD};
+use crate::secret::Secret;
+
+/// Longest subscription id accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A validated subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub id: String,
+    pub url: Url,
+    pub event_types: Vec<String>,
+    pub client_id: Option<String>,
+    pub secret: Secret,
+    pub enabled: bool,
+}
+
+/// The record as it travels on the topic: the only place the secret is written out in clear.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRecord {
+    pub id: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    pub secret: String,
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+/// What a valid record does to the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(Subscription),
+    Delete(String),
+}
+
+/// Why a subscription record was rejected: a bounded reason `code` and a message that names the
+/// subscription and field but never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct InvalidSubscription {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> InvalidSubscription {
+    InvalidSubscription {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Rules that depend on the operator's configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rules {
+    /// Whether `http://` endpoint URLs are allowed (local development only).
+    pub allow_http: bool,
+}
+
+impl Subscription {
+    /// The wire record, secret in clear, for producing to the subscriptions topic.
+    pub fn to_record(&self) -> SubscriptionRecord {
+        SubscriptionRecord {
+            id: self.id.clone(),
+            url: self.url.to_string(),
+            event_types: self.event_types.clone(),
+            client_id: self.client_id.clone(),
+            secret: self.secret.expose().to_string(),
+            enabled: self.enabled,
+        }
+    }
+}
+
+/// Validates an id: 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn validate_id(id: &str) -> Result<(), InvalidSubscription> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(invalid(
+            "bad_id",
+            format!("id must be 1 to {MAX_ID_LEN} characters"),
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(invalid(
+            "bad_id",
+            format!("id {id:?} contains {c:?}; allowed are letters, digits and _ - . :"),
+        ));
+    }
+    Ok(())
+}
+
+impl SubscriptionRecord {
+    /// Validates the record into a [`Subscription`].
+    pub fn validate(self, rules: Rules) -> Result<Subscription, InvalidSubscription> {
+        validate_id(&self.id)?;
+        let id = &self.id;
+        let url = Url::parse(&self.url)
+            .map_err(|e| invalid("bad_url", format!("{id}: url is not a valid URL: {e}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if rules.allow_http => {}
+            "http" => {
+                return Err(invalid(
+                    "bad_url",
+                    format!("{id}: url must use https (http is allowed only with http.allow_http)"),
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    "bad_url",
+                    format!("{id}: url scheme {other:?} is not https"),
+                ))
+            }
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("bad_url", format!("{id}: url has no host")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "bad_url",
+                format!("{id}: url must not carry credentials"),
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err(invalid(
+                "bad_url",
+                format!("{id}: url must not have a #fragment"),
+            ));
+        }
+        if self.event_types.is_empty() {
+            return Err(invalid(
+                "bad_event_types",
+                format!("{id}: event_types must not be empty (use [\"*\"] for every event)"),
+            ));
+        }
+        for t in &self.event_types {
+            if t != WILDCARD && !KNOWN_EVENT_TYPES.contains(&t.as_str()) {
+                return Err(invalid(
+                    "bad_event_types",
+                    format!("{id}: unknown event type {t:?}"),
+                ));
+            }
+        }
+        if self.secret.is_empty() {
+            return Err(invalid("empty_secret", format!("{id}: secret is empty")));
+        }
+        if matches!(&self.client_id, Some(c) if c.is_empty()) {
+            return Err(invalid(
+                "bad_client_id",
+                format!("{id}: client_id must be null or a non-empty string"),
+            ));
+        }
+        let mut event_types = self.event_types;
+        event_types.sort();
+        event_types.dedup();
+        Ok(Subscription {
+            id: self.id,
+            url,
+            event_types,
+            client_id: self.client_id,
+            secret: Secret::new(self.secret),
+            enabled: self.enabled,
+        })
+    }
+}
+
+/// Decodes one record of the subscriptions topic into a table change.
+pub fn decode_record(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    rules: Rules,
+) -> Result<Change, InvalidSubscription> {
+    let key = key.ok_or_else(|| invalid("missing_key", "record has no key"))?;
+    let key = std::str::from_utf8(key).map_err(|_| invalid("bad_key", "key is not UTF-8"))?;
+    let Some(value) = value else {
+        validate_id(key)?;
+        return Ok(Change::Delete(key.to_string()));
+    };
+    let record: SubscriptionRecord = serde_json::from_slice(value).map_err(|e| {
+        invalid(
+            "bad_json",
+            format!(
+                "{key}: value is not a subscription: {}",
+                without_input_echo(&e)
+            ),
+        )
+    })?;
+    if record.id != key {
+        return Err(invalid(
+            "key_mismatch",
+            format!("record key {key:?} differs from id {:?}", record.id),
+        ));
+    }
+    record.validate(rules).map(Change::Put)
+}
+
+/// serde_json errors can quote the offending input (which could be the secret): keep only the
+/// category and position.
+fn without_input_echo(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let text = e.to_string();
+            // "unknown field `x`, expected …" and "missing field `x`" name fields, not values.
+            if text.starts_with("unknown field") || text.starts_with("missing field") {
+                text
+            } else {
+                format!(
+                    "wrong type or value at line {} column {}",
+                    e.line(),
+                    e.column()
+                )
+            }
+        }
+        _ => e.to_string(),
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Arc<Subscription>>,
+    /// event type (or `*`) → subscriptions listing it, keyed by id.
+    by_type: HashMap<String, HashMap<String, Arc<Subscription>>>,
+}
+
+impl Inner {
+    fn remove(&mut self, id: &str) -> Option<Arc<Subscription>> {
+        let old = self.by_id.remove(id)?;
+        for t in &old.event_types {
+            if let Some(ids) = self.by_type.get_mut(t) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_type.remove(t);
+                }
+            }
+        }
+        Some(old)
+    }
+}
+
+/// The in-memory subscription table, shared by the loader (writer) and the processor (readers).
+pub struct SubscriptionTable {
+    inner: RwLock<Inner>,
+    ready: watch::Sender<bool>,
+}
+
+impl Default for SubscriptionTable {
+    fn default() -> Self {
+        SubscriptionTable::new()
+    }
+}
+
+impl SubscriptionTable {
+    pub fn new() -> Self {
+        SubscriptionTable {
+            inner: RwLock::new(Inner::default()),
+            ready: watch::channel(false).0,
+        }
+    }
+
+    /// Applies a valid change.
+    pub fn apply(&self, change: Change) {
+        let mut inner = self.inner.write().expect("table lock poisoned");
+        match change {
+            Change::Delete(id) => {
+                inner.remove(&id);
+            }
+            Change::Put(sub) => {
+                let sub = Arc::new(sub);
+                inner.remove(&sub.id);
+                for t in &sub.event_types {
+                    inner
+                        .by_type
+                        .entry(t.clone())
+                        .or_default()
+                        .insert(sub.id.clone(), sub.clone());
+                }
+                inner.by_id.insert(sub.id.clone(), sub);
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Subscription>> {
+        self.inner
+            .read()
+            .expect("table lock poisoned")
+            .by_id
+            .get(id)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().expect("table lock poisoned").by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every subscription, sorted by id.
+    pub fn snapshot(&self) -> Vec<Arc<Subscription>> {
+        let mut all: Vec<_> = self
+            .inner
+            .read()
+            .expect("table lock poisoned")
+            .by_id
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The subscriptions that receive an event: candidates by type and `*`, filtered by
+    /// [`matching::matches`]. Each subscription appears once.
+    pub fn matching(&self, event_type: &str, client_id: Option<&str>) -> Vec<Arc<Subscription>> {
+        let inner = self.inner.read().expect("table lock poisoned");
+        // An event whose type is literally `*` is only a wildcard candidate, never listed twice.
+        let exact = (event_type != WILDCARD)
+            .then(|| inner.by_type.get(event_type))
+            .flatten();
+        let wildcard = inner.by_type.get(WILDCARD);
+        let mut out = Vec::new();
+        for sub in exact.into_iter().flat_map(|m| m.values()) {
+            if matching::matches(sub, event_type, client_id) {
+                out.push(sub.clone());
+            }
+        }
+        for sub in wildcard.into_iter().flat_map(|m| m.values()) {
+            // A subscription listing both the type and `*` is in both lists: take it once.
+            let taken = exact.is_some_and(|e| e.contains_key(&sub.id));
+            if !taken && matching::matches(sub, event_type, client_id) {
+                out.push(sub.clone());
+            }
+        }
+        out
+    }
+
+    /// Marks the initial load complete.
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Resolves once the initial load is complete.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we hold `&self`.
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, url: &str, types: &[&str], secret: &str) -> String {
+        serde_json::json!({"id": id, "url": url, "event_types": types, "secret": secret})
+            .to_string()
+    }
+
+    fn decode(key: &str, value: &str) -> Result<Change, InvalidSubscription> {
+        decode_record(
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+            Rules::default(),
+        )
+    }
+
+    #[test]
+    fn decodes_a_full_record() {
+        let v = r#"{"id":"sub_123","url":"https://partner.example/webhook","event_types":["rewards.points_awarded"],"client_id":"oauth-client","secret":"s3cret","enabled":false}"#;
+        let Change::Put(s) = decode("sub_123", v).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.client_id.as_deref(), Some("oauth-client"));
+        assert!(!s.enabled);
+        assert_eq!(s.secret.expose(), "s3cret");
+        assert_eq!(s.to_record().secret, "s3cret");
+    }
+
+    #[test]
+    fn tombstone_deletes() {
+        assert_eq!(
+            decode_record(Some(b"sub_1"), None, Rules::default()).unwrap(),
+            Change::Delete("sub_1".into())
+        );
+    }
+
+    #[test]
+    fn invalid_records_have_reason_codes_and_never_echo_the_secret() {
+        let ok_url = "https://p.example/h";
+        #[rustfmt::skip]
+        let cases: Vec<(Option<&str>, Option<String>, &str)> = vec![
+            (None, Some(record("a", ok_url, &["*"], "s")), "missing_key"),
+            (Some("a"), Some("not json".into()), "bad_json"),
+            (Some("a"), Some(r#"{"id":"a","url":"https://p.example/h","event_types":["*"],"secret":42}"#.into()), "bad_json"),
+            (Some("a"), Some(r#"{"id":"a","url":"https://p.example/h","event_types":["*"],"secret":"s","colour":"red"}"#.into()), "bad_json"),
+            (Some("a"), Some(r#"{"id":"a","url":"https://p.example/h","event_types":["*"]}"#.into()), "bad_json"),
+            (Some("b"), Some(record("a", ok_url, &["*"], "s")), "key_mismatch"),
+            (Some("a b"), Some(record("a b", ok_url, &["*"], "s")), "bad_id"),
+            (Some("a"), Some(record("a", "not a url", &["*"], "s")), "bad_url"),
+            (Some("a"), Some(record("a", "http://p.example/h", &["*"], "s")), "bad_url"),
+            (Some("a"), Some(record("a", "ftp://p.example/h", &["*"], "s")), "bad_url"),
+            (Some("a"), Some(record("a", "https://user:pw@p.example/h", &["*"], "s")), "bad_url"),
+            (Some("a"), Some(record("a", ok_url, &[], "s")), "bad_event_types"),
+            (Some("a"), Some(record("a", ok_url, &["rewards.nope"], "s")), "bad_event_types"),
+            (Some("a"), Some(record("a", ok_url, &["*"], "")), "empty_secret"),
+            (Some("a"), Some(r#"{"id":"a","url":"https://p.example/h","event_types":["*"],"secret":"s","client_id":""}"#.into()), "bad_client_id"),
+        ];
+        for (key, value, code) in cases {
+            let err = decode_record(
+                key.map(str::as_bytes),
+                value.as_deref().map(str::as_bytes),
+                Rules::default(),
+            )
+            .unwrap_err();
+            assert_eq!(err.code, code, "{key:?} {value:?}: {err}");
+            assert!(!err.message.contains("s3cr"), "{err}");
+        }
+    }
+
+    #[test]
+    fn http_only_when_allowed() {
+        let v = record("a", "http://127.0.0.1:8080/h", &["*"], "s");
+        assert!(decode_record(Some(b"a"), Some(v.as_bytes()), Rules { allow_http: true }).is_ok());
+    }
+
+    fn put(table: &SubscriptionTable, id: &str, types: &[&str], client: Option<&str>) {
+        let mut r: SubscriptionRecord =
+            serde_json::from_str(&record(id, "https://p.example/h", types, "s")).unwrap();
+        r.client_id = client.map(str::to_string);
+        table.apply(Change::Put(r.validate(Rules::default()).unwrap()));
+    }
+
+    fn ids(mut subs: Vec<Arc<Subscription>>) -> Vec<String> {
+        subs.sort_by(|a, b| a.id.cmp(&b.id));
+        subs.iter().map(|s| s.id.clone()).collect()
+    }
+
+    #[test]
+    fn table_index_follows_puts_updates_and_deletes() {
+        let t = SubscriptionTable::new();
+        let pts = "rewards.points_awarded";
+        put(&t, "a", &[pts], None);
+        put(&t, "b", &["*"], None);
+        put(&t, "c", &[pts, "*"], None);
+        put(&t, "d", &["cashback.processed"], None);
+        put(&t, "e", &[pts], Some("app"));
+        assert_eq!(ids(t.matching(pts, None)), ["a", "b", "c"]);
+        assert_eq!(ids(t.matching(pts, Some("app"))), ["a", "b", "c", "e"]);
+        assert_eq!(ids(t.matching("other.type", None)), ["b", "c"]);
+        // Update moves "a" from points_awarded to cashback only.
+        put(&t, "a", &["cashback.processed"], None);
+        assert_eq!(ids(t.matching(pts, None)), ["b", "c"]);
+        assert_eq!(
+            ids(t.matching("cashback.processed", None)),
+            ["a", "b", "c", "d"]
+        );
+        t.apply(Change::Delete("c".into()));
+        t.apply(Change::Delete("never-existed".into()));
+        assert_eq!(ids(t.matching(pts, None)), ["b"]);
+        assert_eq!(t.len(), 4);
+        assert!(t.get("c").is_none());
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_waiters() {
+        let t = Arc::new(SubscriptionTable::new());
+        assert!(!t.is_ready());
+        let waiter = tokio::spawn({
+            let t = t.clone();
+            async move { t.wait_ready().await }
+        });
+        t.set_ready();
+        waiter.await.unwrap();
+        assert!(t.is_ready());
+    }
+}
