@@ -8,14 +8,14 @@ use anyhow::{anyhow, Context, Result};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use crate::admin_server::{self, Health};
 use crate::config::Config;
-use crate::events::RewardsEvent;
+use crate::delivery::engine::Engine;
+use crate::delivery::retry::TaskConsumer;
 use crate::kafka;
 use crate::metrics::Metrics;
-use crate::processor::{Dispatcher, Processor, SourceRef};
+use crate::processor::{Dispatcher, Processor};
 use crate::subscriptions::loader::Loader;
 use crate::subscriptions::{Rules, Subscription, SubscriptionRecord, SubscriptionTable};
 
@@ -90,36 +90,36 @@ pub fn sample_event(event_type: &str, user_id: &str, client_id: Option<&str>) ->
     event
 }
 
-/// Logs each match; the dispatcher of `run` until a delivery engine is plugged in.
-pub struct LogDispatcher;
-
-impl Dispatcher for LogDispatcher {
-    async fn dispatch(
-        &self,
-        source: SourceRef,
-        event: Arc<RewardsEvent>,
-        subscriptions: Vec<Arc<Subscription>>,
-    ) -> Result<()> {
-        for s in subscriptions {
-            info!(
-                subscription = %s.id, partition = source.partition, offset = source.offset,
-                event_type = %event.event_type, "event matched"
-            );
-        }
-        Ok(())
-    }
+/// Runs the processor with the delivery engine: events are delivered, failed attempts wait in
+/// the retry tiers, replayed tasks are attempted again.
+pub async fn run_processor(
+    config: Config,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let table = Arc::new(SubscriptionTable::new());
+    let producer = kafka::producer(&config)?;
+    let engine = Arc::new(Engine::new(
+        &config,
+        producer,
+        table.clone(),
+        metrics.clone(),
+    )?);
+    run_pipeline(config, table, engine.clone(), Some(engine), metrics, cancel).await
 }
 
-/// Runs the processor: admin server, subscription loader and event loop as supervised tasks
-/// sharing one cancellation token. Any task's error cancels the others and is returned.
-pub async fn run_processor<D: Dispatcher>(
+/// Runs the processor's supervised tasks — admin server, subscription loader, event loop and,
+/// with an engine, the retry-tier and replay consumers — sharing one cancellation token. Any
+/// task's error cancels the others and is returned.
+pub async fn run_pipeline<D: Dispatcher>(
     config: Config,
+    table: Arc<SubscriptionTable>,
     dispatcher: D,
+    engine: Option<Arc<Engine>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> Result<()> {
     kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)?;
-    let table = Arc::new(SubscriptionTable::new());
     let health = Arc::new(Health::new(table.clone()));
     let producer = kafka::producer(&config)?;
     let loader = Loader::new(&config, table.clone(), metrics.clone())?;
@@ -131,6 +131,17 @@ pub async fn run_processor<D: Dispatcher>(
         health.clone(),
         dispatcher,
     )?;
+    let mut task_consumers = Vec::new();
+    if let Some(engine) = &engine {
+        for topic in [
+            &config.topics.retry_1s,
+            &config.topics.retry_5s,
+            &config.topics.retry_25s,
+            &config.topics.replay,
+        ] {
+            task_consumers.push(TaskConsumer::new(&config, topic, engine.clone())?);
+        }
+    }
     let addr = config
         .admin
         .listen
@@ -165,7 +176,25 @@ pub async fn run_processor<D: Dispatcher>(
         "subscription-loader",
         Box::pin(async move { loader.run(loader_cancel, true).await.map(|_| ()) }),
     );
-    supervise("event-processor", Box::pin(processor.run(cancel.clone())));
+    supervise(
+        "event-processor",
+        Box::pin(Arc::new(processor).run(cancel.clone())),
+    );
+    for consumer in task_consumers {
+        let c = cancel.clone();
+        let table = table.clone();
+        supervise(
+            "task-consumer",
+            Box::pin(async move {
+                // Retries are attempted against the complete table too.
+                tokio::select! {
+                    _ = c.cancelled() => return Ok(()),
+                    _ = table.wait_ready() => {}
+                }
+                consumer.run(c).await
+            }),
+        );
+    }
     tasks.close();
     tasks.wait().await;
     drop(err_tx);

@@ -47,7 +47,11 @@ pub fn producer(config: &Config) -> Result<FutureProducer> {
 /// A consumer in the processor's group. Offsets are stored by the application only after a
 /// record's outputs are acknowledged (`enable.auto.offset.store=false`) and committed in the
 /// background from that store.
-pub fn group_consumer(config: &Config, role: &str) -> Result<StreamConsumer> {
+pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
+    config: &Config,
+    role: &str,
+    context: C,
+) -> Result<StreamConsumer<C>> {
     let mut c = base(config, role);
     c.set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "true")
@@ -55,7 +59,10 @@ pub fn group_consumer(config: &Config, role: &str) -> Result<StreamConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    create(with_properties(c, config), role)
+    with_properties(c, config)
+        .create_with_context(context)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("creating the Kafka {role} client (check kafka.* settings)"))
 }
 
 /// A group-less consumer that reads partitions by explicit assignment (the subscription table).

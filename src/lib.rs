@@ -23,6 +23,7 @@ pub mod admin_server;
 pub mod body;
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod events;
 pub mod kafka;
 pub mod matching;

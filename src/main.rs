@@ -151,7 +151,7 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
             let cancel = CancellationToken::new();
             tokio::spawn(shutdown_on_signal(cancel.clone()));
             let metrics = Arc::new(Metrics::new());
-            commands::run_processor(config, commands::LogDispatcher, metrics, cancel).await
+            commands::run_processor(config, metrics, cancel).await
         }
         Command::SetupTopics {
             partitions,

@@ -12,11 +12,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use tokio::sync::{mpsc::UnboundedReceiver, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::delivery::consumer::{self as tracked, RebalanceContext, RebalanceEvent};
+use crate::delivery::offsets::OffsetTracker;
 
 use crate::admin_server::Health;
 use crate::config::Config;
@@ -53,8 +58,13 @@ pub trait Dispatcher: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<()>> + Send;
 }
 
+/// Event records being handled at once (decode, match, deliveries), per processor.
+pub const MAX_OUTSTANDING_RECORDS: usize = 4096;
+
 pub struct Processor<D> {
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    rebalances: std::sync::Mutex<Option<UnboundedReceiver<RebalanceEvent>>>,
+    tracker: OffsetTracker,
     producer: FutureProducer,
     config: Config,
     table: Arc<SubscriptionTable>,
@@ -72,8 +82,11 @@ impl<D: Dispatcher> Processor<D> {
         health: Arc<Health>,
         dispatcher: D,
     ) -> Result<Self> {
+        let (context, rebalances) = RebalanceContext::new();
         Ok(Processor {
-            consumer: kafka::group_consumer(config, "events")?,
+            consumer: Arc::new(kafka::group_consumer(config, "events", context)?),
+            rebalances: std::sync::Mutex::new(Some(rebalances)),
+            tracker: OffsetTracker::new(),
             producer,
             config: config.clone(),
             table,
@@ -83,8 +96,9 @@ impl<D: Dispatcher> Processor<D> {
         })
     }
 
-    /// Runs until `cancel` fires, then commits what was stored.
-    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+    /// Runs until `cancel` fires; then stops fetching, lets in-flight records finish within
+    /// `delivery.shutdown_deadline_secs`, and commits what completed.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = self.table.wait_ready() => {}
@@ -107,25 +121,84 @@ impl<D: Dispatcher> Processor<D> {
         result
     }
 
-    async fn consume(&self, cancel: &CancellationToken) -> Result<()> {
+    async fn consume(self: &Arc<Self>, cancel: &CancellationToken) -> Result<()> {
+        let mut rebalances = self
+            .rebalances
+            .lock()
+            .expect("rebalance receiver lock")
+            .take()
+            .context("the processor runs once")?;
+        let outstanding = Arc::new(Semaphore::new(MAX_OUTSTANDING_RECORDS));
+        let tasks = TaskTracker::new();
+        let failure = CancellationToken::new();
+        let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
         loop {
             let msg = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => break,
+                _ = failure.cancelled() => break,
+                Some(ev) = rebalances.recv() => {
+                    self.on_rebalance(ev);
+                    continue;
+                }
                 msg = self.consumer.recv() => msg,
             };
-            match msg {
-                Ok(m) => {
-                    self.handle(&m).await?;
-                    self.consumer
-                        .store_offset_from_message(&m)
-                        .context("storing the consumed offset")?;
+            let m = match msg {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    warn!(error = %e, "events consumer error");
+                    continue;
                 }
-                Err(e) => warn!(error = %e, "events consumer error"),
+            };
+            // Apply assignment changes that happened during that poll before tracking.
+            while let Ok(ev) = rebalances.try_recv() {
+                self.on_rebalance(ev);
+            }
+            let permit = outstanding.clone().acquire_owned().await?;
+            let token = self.tracker.begin(m.topic(), m.partition(), m.offset());
+            let this = self.clone();
+            let failure = failure.clone();
+            let err_tx = err_tx.clone();
+            tasks.spawn(async move {
+                match this.handle(&m).await {
+                    Ok(()) => {
+                        if let Some(commit) = this.tracker.complete(token) {
+                            tracked::store(&this.consumer, &commit);
+                        }
+                    }
+                    Err(e) => {
+                        // Not completed: the offset stays uncommitted and the record is re-read.
+                        error!(error = %format!("{e:#}"), "event handling failed; stopping");
+                        let _ = err_tx.send(e);
+                        failure.cancel();
+                    }
+                }
+                drop(permit);
+            });
+        }
+        tasks.close();
+        let deadline = std::time::Duration::from_secs(self.config.delivery.shutdown_deadline_secs);
+        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+            warn!(
+                in_flight = self.tracker.in_flight_total(),
+                "shutdown deadline passed; unfinished records will be re-read after restart"
+            );
+        }
+        drop(err_tx);
+        match err_rx.recv().await {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn on_rebalance(&self, ev: RebalanceEvent) {
+        if let RebalanceEvent::Revoked(parts) = ev {
+            for (topic, partition) in parts {
+                self.tracker.revoke(&topic, partition);
             }
         }
     }
 
-    async fn handle(&self, m: &BorrowedMessage<'_>) -> Result<()> {
+    async fn handle(&self, m: &OwnedMessage) -> Result<()> {
         let source = SourceRef {
             topic: m.topic().to_string(),
             partition: m.partition(),
@@ -167,7 +240,7 @@ impl<D: Dispatcher> Processor<D> {
     /// Sends the original record to the invalid topic with the reason and source coordinates.
     async fn dead_letter(
         &self,
-        m: &BorrowedMessage<'_>,
+        m: &OwnedMessage,
         source: &SourceRef,
         invalid: &InvalidEvent,
     ) -> Result<()> {

@@ -6,9 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mgpass_webhooks::commands::run_processor;
+use mgpass_webhooks::commands::run_pipeline;
 use mgpass_webhooks::metrics::Metrics;
 use mgpass_webhooks::processor::{HEADER_INVALID_REASON, HEADER_SOURCE_OFFSET};
+use mgpass_webhooks::subscriptions::SubscriptionTable;
 use rdkafka::message::{Headers, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -59,9 +60,11 @@ async fn event_produced_before_the_table_loaded_is_matched_against_the_complete_
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let run = tokio::spawn(run_processor(
+    let run = tokio::spawn(run_pipeline(
         c.clone(),
+        Arc::new(SubscriptionTable::new()),
         common::ChannelDispatcher(tx),
+        None,
         Arc::new(Metrics::new()),
         cancel.clone(),
     ));
@@ -120,9 +123,11 @@ async fn undecodable_events_go_to_the_invalid_topic_and_consumption_continues() 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
-    let run = tokio::spawn(run_processor(
+    let run = tokio::spawn(run_pipeline(
         c.clone(),
+        Arc::new(SubscriptionTable::new()),
         common::ChannelDispatcher(tx),
+        None,
         metrics.clone(),
         cancel.clone(),
     ));

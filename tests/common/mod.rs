@@ -178,3 +178,4 @@ pub fn event_json(event_type: &str, user: &str) -> Vec<u8> {
     .to_string()
     .into_bytes()
 }
+pub mod receiver;

@@ -1,0 +1,326 @@
+//! The delivery engine: one attempt of one delivery, end to end. It signs the body with the
+//! subscription as it is *now* (a new URL or secret applies to retries; a deleted or disabled
+//! subscription ends the delivery with a logged outcome), sends it within the global and
+//! per-endpoint concurrency limits, writes the delivery-log record, and schedules the next
+//! attempt in its retry tier or, after the last attempt, writes the failed record. It returns only
+//! when every record it produced is acknowledged by Kafka, so callers can release the input
+//! offset.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use futures::future::try_join_all;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use super::http::{HttpClient, Request};
+use super::{
+    after_failure, delivery_id, now_ms, rfc3339_ms, AfterFailure, DeliveryLogRecord, DeliveryTask,
+    Source, Tier,
+};
+use crate::config::Config;
+use crate::events::RewardsEvent;
+use crate::metrics::Metrics;
+use crate::processor::{Dispatcher, SourceRef};
+use crate::signing::sign;
+use crate::subscriptions::{Subscription, SubscriptionTable};
+
+pub struct Engine {
+    client: HttpClient,
+    producer: FutureProducer,
+    table: Arc<SubscriptionTable>,
+    metrics: Arc<Metrics>,
+    config: Config,
+    global: Arc<Semaphore>,
+    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Engine {
+    pub fn new(
+        config: &Config,
+        producer: FutureProducer,
+        table: Arc<SubscriptionTable>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        Ok(Engine {
+            client: HttpClient::new(&config.http)?,
+            producer,
+            table,
+            metrics,
+            config: config.clone(),
+            global: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
+            endpoints: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn endpoint_limit(&self, sub: &Subscription) -> Arc<Semaphore> {
+        let key = sub.url.origin().ascii_serialization();
+        let mut map = self.endpoints.lock().expect("endpoint map poisoned");
+        map.entry(key)
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    self.config.delivery.max_in_flight_per_endpoint,
+                ))
+            })
+            .clone()
+    }
+
+    /// Runs one attempt of `task` and produces its outputs; returns once they are acknowledged.
+    pub async fn attempt(&self, task: DeliveryTask) -> Result<()> {
+        let sub = match self.table.get(&task.subscription_id) {
+            Some(s) if s.enabled => s,
+            found => {
+                let outcome = if found.is_some() {
+                    "subscription_disabled"
+                } else {
+                    "subscription_deleted"
+                };
+                info!(
+                    delivery_id = %task.delivery_id, subscription = %task.subscription_id,
+                    attempt = task.attempt, outcome, "delivery ended: subscription gone"
+                );
+                self.metrics.attempts.with_label_values(&[outcome]).inc();
+                self.metrics
+                    .deliveries
+                    .with_label_values(&["dropped"])
+                    .inc();
+                let log = self.log_record(&task, outcome, None, None, 0, now_ms(), None);
+                return self.produce_all(vec![self.log_output(&log)?]).await;
+            }
+        };
+        let endpoint = self.endpoint_limit(&sub);
+        let _endpoint_permit = endpoint
+            .acquire_owned()
+            .await
+            .context("endpoint limit closed")?;
+        let _global_permit = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .context("limit closed")?;
+        self.metrics.in_flight.inc();
+        let signature = sign(sub.secret.expose().as_bytes(), task.body.as_bytes());
+        let attempted_at = now_ms();
+        let result = self
+            .client
+            .send(Request {
+                url: &sub.url,
+                body: task.body.clone().into(),
+                signature: &signature,
+                delivery_id: &task.delivery_id,
+                attempt: task.attempt,
+            })
+            .await;
+        self.metrics.in_flight.dec();
+        drop(_global_permit);
+        drop(_endpoint_permit);
+        self.metrics
+            .attempts
+            .with_label_values(&[result.outcome.as_str()])
+            .inc();
+        self.metrics
+            .attempt_seconds
+            .observe(result.duration.as_secs_f64());
+        let duration_ms = result.duration.as_millis() as u64;
+        let mut outputs = Vec::with_capacity(2);
+        if result.outcome.is_success() {
+            debug!(delivery_id = %task.delivery_id, attempt = task.attempt, "delivered");
+            self.metrics
+                .deliveries
+                .with_label_values(&["delivered"])
+                .inc();
+            let log = self.log_record(
+                &task,
+                "success",
+                result.status,
+                None,
+                duration_ms,
+                attempted_at,
+                None,
+            );
+            outputs.push(self.log_output(&log)?);
+        } else {
+            let error = result
+                .error
+                .clone()
+                .or_else(|| result.status.map(|s| format!("HTTP {s}")));
+            match after_failure(task.attempt) {
+                AfterFailure::Retry(tier) => {
+                    let due = now_ms() + tier.delay_ms();
+                    let next = DeliveryTask {
+                        attempt: task.attempt + 1,
+                        due_at_ms: due,
+                        last_error: error.clone(),
+                        last_status: result.status,
+                        ..task.clone()
+                    };
+                    let log = self.log_record(
+                        &task,
+                        result.outcome.as_str(),
+                        result.status,
+                        error.clone(),
+                        duration_ms,
+                        attempted_at,
+                        Some(due),
+                    );
+                    debug!(
+                        delivery_id = %task.delivery_id, attempt = task.attempt,
+                        outcome = result.outcome.as_str(), tier = tier.as_str(), "attempt failed; retry scheduled"
+                    );
+                    outputs.push(self.log_output(&log)?);
+                    outputs.push(self.task_output(self.tier_topic(tier), &next)?);
+                    self.metrics
+                        .retries_scheduled
+                        .with_label_values(&[tier.as_str()])
+                        .inc();
+                }
+                AfterFailure::Exhausted => {
+                    warn!(
+                        delivery_id = %task.delivery_id, subscription = %task.subscription_id,
+                        attempt = task.attempt, outcome = result.outcome.as_str(),
+                        "delivery failed after its last attempt"
+                    );
+                    let failed = DeliveryTask {
+                        last_error: error.clone(),
+                        last_status: result.status,
+                        ..task.clone()
+                    };
+                    let log = self.log_record(
+                        &task,
+                        result.outcome.as_str(),
+                        result.status,
+                        error,
+                        duration_ms,
+                        attempted_at,
+                        None,
+                    );
+                    outputs.push(self.log_output(&log)?);
+                    outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
+                    self.metrics.deliveries.with_label_values(&["failed"]).inc();
+                }
+            }
+        }
+        self.produce_all(outputs).await
+    }
+
+    pub fn tier_topic(&self, tier: Tier) -> &str {
+        match tier {
+            Tier::OneSecond => &self.config.topics.retry_1s,
+            Tier::FiveSeconds => &self.config.topics.retry_5s,
+            Tier::TwentyFiveSeconds => &self.config.topics.retry_25s,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_record(
+        &self,
+        task: &DeliveryTask,
+        outcome: &str,
+        status: Option<u16>,
+        error: Option<String>,
+        duration_ms: u64,
+        attempted_at: i64,
+        next_attempt_at: Option<i64>,
+    ) -> DeliveryLogRecord {
+        DeliveryLogRecord {
+            delivery_id: task.delivery_id.clone(),
+            subscription_id: task.subscription_id.clone(),
+            event_type: task.event_type.clone(),
+            idempotency_key: task.idempotency_key.clone(),
+            source: task.source.clone(),
+            attempt: task.attempt,
+            outcome: outcome.to_string(),
+            http_status: status,
+            error,
+            duration_ms,
+            attempted_at: rfc3339_ms(attempted_at),
+            next_attempt_at: next_attempt_at.map(rfc3339_ms),
+        }
+    }
+
+    fn log_output(&self, log: &DeliveryLogRecord) -> Result<Output> {
+        Ok(Output {
+            topic: self.config.topics.delivery_log.clone(),
+            key: log.delivery_id.clone(),
+            value: serde_json::to_vec(log).context("encoding a delivery-log record")?,
+        })
+    }
+
+    fn task_output(&self, topic: &str, task: &DeliveryTask) -> Result<Output> {
+        Ok(Output {
+            topic: topic.to_string(),
+            key: task.delivery_id.clone(),
+            value: serde_json::to_vec(task).context("encoding a delivery task")?,
+        })
+    }
+
+    async fn produce_all(&self, outputs: Vec<Output>) -> Result<()> {
+        let sends = outputs.iter().map(|o| async move {
+            self.producer
+                .send(
+                    FutureRecord::to(&o.topic).key(&o.key).payload(&o.value),
+                    Timeout::Never,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+                .with_context(|| format!("producing to {:?}", o.topic))
+        });
+        try_join_all(sends).await.map(|_| ())
+    }
+
+    /// The first-attempt tasks of an event for its matching subscriptions.
+    pub fn first_tasks(
+        source: &SourceRef,
+        event: &RewardsEvent,
+        subscriptions: &[Arc<Subscription>],
+    ) -> Vec<DeliveryTask> {
+        if subscriptions.is_empty() {
+            return Vec::new();
+        }
+        let body = crate::body::build_body(&event.event_type, &event.data, &event.timestamp);
+        let body = String::from_utf8(body).expect("the body builder writes UTF-8");
+        let key = event.idempotency_key();
+        let now = now_ms();
+        subscriptions
+            .iter()
+            .map(|s| DeliveryTask {
+                delivery_id: delivery_id(source, &s.id),
+                subscription_id: s.id.clone(),
+                event_type: event.event_type.clone(),
+                idempotency_key: key.clone(),
+                body: body.clone(),
+                attempt: 1,
+                due_at_ms: now,
+                first_attempt_at_ms: now,
+                source: Source::from(source),
+                last_error: None,
+                last_status: None,
+            })
+            .collect()
+    }
+}
+
+struct Output {
+    topic: String,
+    key: String,
+    value: Vec<u8>,
+}
+
+impl Dispatcher for Arc<Engine> {
+    async fn dispatch(
+        &self,
+        source: SourceRef,
+        event: Arc<RewardsEvent>,
+        subscriptions: Vec<Arc<Subscription>>,
+    ) -> Result<()> {
+        let tasks = Engine::first_tasks(&source, &event, &subscriptions);
+        try_join_all(tasks.into_iter().map(|t| self.attempt(t)))
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,564 @@
+//! One HTTP attempt of a webhook delivery.
+//!
+//! This module owns the HTTP client every delivery goes through and the classification of what
+//! happened to one attempt. It guarantees, for every call of [`HttpClient::send`]:
+//!
+//! - exactly one `POST` of the given body bytes, unchanged, with `Content-Type: application/json`,
+//!   [`SIGNATURE_HEADER`], [`DELIVERY_ID_HEADER`], [`ATTEMPT_HEADER`] and [`USER_AGENT`] — or no
+//!   request at all when the URL is refused up front (`http://` without `http.allow_http`);
+//! - redirects are never followed: a 3xx is the [`Outcome::Redirect`] failure;
+//! - the attempt ends within `http.request_timeout_ms` (connect, TLS, request and response body);
+//! - at most `http.max_response_bytes` of the response body are read (the rest is never buffered)
+//!   and kept as a lossy UTF-8 excerpt;
+//! - it never fails: every transport problem is an [`AttemptResult`] with a bounded [`Outcome`]
+//!   (a metric label) and a short error text that carries neither the URL (partners put tokens in
+//!   query strings) nor our body.
+//!
+//! Success is any 2xx ([`classify_status`]). Retry decisions belong to the caller.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
+use serde::{Deserialize, Serialize};
+
+use crate::config::HttpConfig;
+
+/// `X-Webhook-Signature`: lowercase hex HMAC-SHA256 of the body (see [`crate::signing`]).
+pub const SIGNATURE_HEADER: &str = crate::signing::SIGNATURE_HEADER;
+/// `X-Webhook-Id`: the delivery id, the same across retries and replays.
+pub const DELIVERY_ID_HEADER: &str = "X-Webhook-Id";
+/// `X-Webhook-Attempt`: the attempt number, starting at 1.
+pub const ATTEMPT_HEADER: &str = "X-Webhook-Attempt";
+/// The `User-Agent` of every request: the product and its version.
+pub const USER_AGENT: &str = concat!("mgpass-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// Longest error text kept in an [`AttemptResult`].
+const MAX_ERROR_CHARS: usize = 300;
+/// Longest redirect target quoted in an error text.
+const MAX_LOCATION_CHARS: usize = 200;
+
+/// How one attempt ended. The values are a closed set, fit for metric labels and the delivery log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A 2xx response.
+    Success,
+    /// A response with a status that is neither 2xx nor 3xx.
+    HttpError,
+    /// A 3xx response; redirects are never followed.
+    Redirect,
+    /// Connect, TLS, request or response did not finish within the configured timeouts.
+    Timeout,
+    /// The TCP connection could not be made (refused, unreachable, DNS failure).
+    ConnectError,
+    /// The TLS handshake failed (untrusted or invalid certificate, protocol mismatch).
+    TlsError,
+    /// Anything else: a refused URL, a bad header value, a connection reset mid-request.
+    RequestError,
+}
+
+impl Outcome {
+    /// Every outcome, e.g. to initialise metric series.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Success,
+        Outcome::HttpError,
+        Outcome::Redirect,
+        Outcome::Timeout,
+        Outcome::ConnectError,
+        Outcome::TlsError,
+        Outcome::RequestError,
+    ];
+
+    /// The label value, identical to the serde form.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::HttpError => "http_error",
+            Outcome::Redirect => "redirect",
+            Outcome::Timeout => "timeout",
+            Outcome::ConnectError => "connect_error",
+            Outcome::TlsError => "tls_error",
+            Outcome::RequestError => "request_error",
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Success)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of a response status: 2xx succeeds, 3xx is a (never followed) redirect, anything
+/// else is an HTTP error.
+pub fn classify_status(status: u16) -> Outcome {
+    match status {
+        200..=299 => Outcome::Success,
+        300..=399 => Outcome::Redirect,
+        _ => Outcome::HttpError,
+    }
+}
+
+/// The outcome of a transport error (no response status).
+pub fn classify_error(err: &reqwest::Error) -> Outcome {
+    classify_transport(err.is_timeout(), err.is_connect(), &error_chain(err))
+}
+
+/// The decision behind [`classify_error`], on the facts it extracts: a timeout anywhere wins; a
+/// connect failure whose chain mentions TLS or a certificate is a TLS error, otherwise a connect
+/// error; the rest is a request error.
+pub fn classify_transport(is_timeout: bool, is_connect: bool, chain: &[String]) -> Outcome {
+    if is_timeout {
+        return Outcome::Timeout;
+    }
+    if !is_connect {
+        return Outcome::RequestError;
+    }
+    let mentions_tls = chain.iter().any(|m| {
+        let m = m.to_ascii_lowercase();
+        ["certificate", "tls", "handshake", "ssl"]
+            .iter()
+            .any(|word| m.contains(word))
+    });
+    if mentions_tls {
+        Outcome::TlsError
+    } else {
+        Outcome::ConnectError
+    }
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    /// The response status, when a response arrived.
+    pub status: Option<u16>,
+    /// Why the attempt failed, short; `None` on success. Never the URL, a secret or our body.
+    pub error: Option<String>,
+    /// At most `http.max_response_bytes` of the response body as lossy UTF-8; `None` when empty.
+    pub response_excerpt: Option<String>,
+    /// From just before the request to the end of reading the response excerpt.
+    pub duration: Duration,
+}
+
+impl AttemptResult {
+    fn failed(outcome: Outcome, error: String, started: Instant) -> AttemptResult {
+        AttemptResult {
+            outcome,
+            status: None,
+            error: Some(error),
+            response_excerpt: None,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+/// One webhook request. The body is sent as is; `Bytes` makes re-sending on retries a cheap clone.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub url: &'a url::Url,
+    pub body: Bytes,
+    /// The value of [`SIGNATURE_HEADER`], computed over exactly `body`.
+    pub signature: &'a str,
+    pub delivery_id: &'a str,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+/// The HTTP client of every delivery: one connection pool shared by all endpoints. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    allow_http: bool,
+    max_response_bytes: usize,
+}
+
+impl HttpClient {
+    /// Builds the client from `http.*`. Fails, naming `http.ca_bundle`, when the extra CA bundle
+    /// cannot be read or holds no valid PEM certificate.
+    ///
+    /// Proxies follow reqwest's defaults (`HTTPS_PROXY`, `NO_PROXY`, … from the environment).
+    pub fn new(config: &HttpConfig) -> anyhow::Result<HttpClient> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(!config.allow_http)
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .timeout(Duration::from_millis(config.request_timeout_ms))
+            // Many endpoints, each possibly receiving bursts: keep warm connections around.
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .tcp_keepalive(Duration::from_secs(60))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10));
+        if let Some(path) = &config.ca_bundle {
+            for cert in read_ca_bundle(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().with_context(|| match &config.ca_bundle {
+            Some(path) => format!(
+                "building the HTTP client with http.ca_bundle {}",
+                path.display()
+            ),
+            None => "building the HTTP client".to_string(),
+        })?;
+        Ok(HttpClient {
+            client,
+            allow_http: config.allow_http,
+            max_response_bytes: config.max_response_bytes,
+        })
+    }
+
+    /// Makes one attempt. Never panics, never returns an error: see [`AttemptResult`].
+    pub async fn send(&self, req: Request<'_>) -> AttemptResult {
+        let started = Instant::now();
+        match req.url.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            "http" => {
+                return AttemptResult::failed(
+                    Outcome::RequestError,
+                    "http:// endpoint refused (http.allow_http is false)".into(),
+                    started,
+                )
+            }
+            other => {
+                return AttemptResult::failed(
+                    Outcome::RequestError,
+                    format!("unsupported URL scheme {:?}", truncate(other, 20)),
+                    started,
+                )
+            }
+        }
+        let headers = match request_headers(&req) {
+            Ok(h) => h,
+            Err(e) => return AttemptResult::failed(Outcome::RequestError, e, started),
+        };
+        let sent = self
+            .client
+            .post(req.url.clone())
+            .headers(headers)
+            .body(req.body)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let outcome = classify_error(&e);
+                return AttemptResult::failed(outcome, error_text(&e), started);
+            }
+        };
+        let status = response.status();
+        let outcome = classify_status(status.as_u16());
+        let error = match outcome {
+            Outcome::Success => None,
+            Outcome::Redirect => Some(match response.headers().get(LOCATION) {
+                Some(to) => format!(
+                    "redirect not followed (HTTP {} to {})",
+                    status.as_u16(),
+                    truncate(&String::from_utf8_lossy(to.as_bytes()), MAX_LOCATION_CHARS)
+                ),
+                None => format!("redirect not followed (HTTP {})", status.as_u16()),
+            }),
+            _ => Some(format!("HTTP {status}")),
+        };
+        let excerpt = read_excerpt(&mut response, self.max_response_bytes).await;
+        AttemptResult {
+            outcome,
+            status: Some(status.as_u16()),
+            error,
+            response_excerpt: excerpt,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+fn read_ca_bundle(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("http.ca_bundle: cannot read {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+        format!(
+            "http.ca_bundle: {} is not a PEM certificate bundle",
+            path.display()
+        )
+    })?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "http.ca_bundle: {} holds no PEM certificate",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
+fn request_headers(req: &Request<'_>) -> Result<HeaderMap, String> {
+    let value = |name: &str, v: &str| {
+        HeaderValue::from_str(v).map_err(|_| format!("{name} is not a valid header value"))
+    };
+    let mut h = HeaderMap::with_capacity(4);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        HeaderName::from_static("x-webhook-signature"),
+        value(SIGNATURE_HEADER, req.signature)?,
+    );
+    h.insert(
+        HeaderName::from_static("x-webhook-id"),
+        value(DELIVERY_ID_HEADER, req.delivery_id)?,
+    );
+    h.insert(
+        HeaderName::from_static("x-webhook-attempt"),
+        HeaderValue::from(req.attempt),
+    );
+    Ok(h)
+}
+
+/// Reads at most `max` bytes of the body, chunk by chunk; the rest is left unread (the connection
+/// is then closed rather than reused). A failure while reading keeps what arrived.
+async fn read_excerpt(response: &mut reqwest::Response, max: usize) -> Option<String> {
+    let mut buf: Vec<u8> = Vec::with_capacity(max.min(8 * 1024));
+    while buf.len() < max {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(max - buf.len());
+                buf.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %error_text(&e), "reading the response body failed");
+                break;
+            }
+        }
+    }
+    if buf.is_empty() {
+        return None;
+    }
+    Some(lossy_excerpt(&buf))
+}
+
+/// Lossy UTF-8, without a replacement character for a code point cut at the end by truncation.
+fn lossy_excerpt(bytes: &[u8]) -> String {
+    let end = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        // An incomplete sequence at the very end (error_len() == None) was cut by us.
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    };
+    let trimmed = bytes.get(..end).unwrap_or(bytes);
+    match std::str::from_utf8(trimmed) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// The messages of an error and its sources, the URL left out.
+fn error_chain(err: &reqwest::Error) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        let msg = if out.is_empty() {
+            // reqwest's own Display appends "for url (...)": describe the kind only.
+            reqwest_kind(err).to_string()
+        } else {
+            e.to_string()
+        };
+        out.push(msg);
+        current = e.source();
+    }
+    out
+}
+
+fn reqwest_kind(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connect failed"
+    } else if err.is_builder() {
+        "invalid request"
+    } else if err.is_body() {
+        "request or response body failed"
+    } else if err.is_decode() {
+        "decoding the response failed"
+    } else if err.is_redirect() {
+        "redirect refused"
+    } else if err.is_request() {
+        "sending the request failed"
+    } else {
+        "request failed"
+    }
+}
+
+/// A short error text: the chain joined with `: `, dropping a message already contained in the
+/// previous one (hyper and io errors repeat their cause), truncated.
+fn error_text(err: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for msg in error_chain(err) {
+        if parts.last().is_some_and(|prev| prev.contains(&msg)) {
+            continue;
+        }
+        parts.push(msg);
+    }
+    truncate(&parts.join(": "), MAX_ERROR_CHARS)
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classification_table() {
+        let table = [
+            (100, Outcome::HttpError),
+            (101, Outcome::HttpError),
+            (199, Outcome::HttpError),
+            (200, Outcome::Success),
+            (201, Outcome::Success),
+            (202, Outcome::Success),
+            (204, Outcome::Success),
+            (299, Outcome::Success),
+            (300, Outcome::Redirect),
+            (301, Outcome::Redirect),
+            (302, Outcome::Redirect),
+            (304, Outcome::Redirect),
+            (307, Outcome::Redirect),
+            (308, Outcome::Redirect),
+            (399, Outcome::Redirect),
+            (400, Outcome::HttpError),
+            (401, Outcome::HttpError),
+            (404, Outcome::HttpError),
+            (408, Outcome::HttpError),
+            (429, Outcome::HttpError),
+            (499, Outcome::HttpError),
+            (500, Outcome::HttpError),
+            (502, Outcome::HttpError),
+            (503, Outcome::HttpError),
+            (504, Outcome::HttpError),
+            (599, Outcome::HttpError),
+            (0, Outcome::HttpError),
+            (999, Outcome::HttpError),
+        ];
+        for (status, expected) in table {
+            assert_eq!(classify_status(status), expected, "status {status}");
+        }
+    }
+
+    #[test]
+    fn transport_classification_table() {
+        let s = |v: &[&str]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        let table = [
+            (true, false, s(&["timed out"]), Outcome::Timeout),
+            // A connect timeout is a timeout.
+            (
+                true,
+                true,
+                s(&["connect failed", "tcp connect error"]),
+                Outcome::Timeout,
+            ),
+            (
+                false,
+                true,
+                s(&[
+                    "connect failed",
+                    "tcp connect error",
+                    "Connection refused (os error 111)",
+                ]),
+                Outcome::ConnectError,
+            ),
+            (
+                false,
+                true,
+                s(&[
+                    "connect failed",
+                    "dns error",
+                    "failed to lookup address information",
+                ]),
+                Outcome::ConnectError,
+            ),
+            (
+                false,
+                true,
+                s(&["connect failed", "invalid peer certificate: UnknownIssuer"]),
+                Outcome::TlsError,
+            ),
+            (
+                false,
+                true,
+                s(&["connect failed", "received fatal alert: HandshakeFailure"]),
+                Outcome::TlsError,
+            ),
+            (false, false, s(&["invalid request"]), Outcome::RequestError),
+            // TLS words outside a connect failure do not make a TLS error.
+            (
+                false,
+                false,
+                s(&[
+                    "sending the request failed",
+                    "peer closed connection without sending TLS close_notify",
+                ]),
+                Outcome::RequestError,
+            ),
+        ];
+        for (timeout, connect, chain, expected) in table {
+            assert_eq!(
+                classify_transport(timeout, connect, &chain),
+                expected,
+                "{chain:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn outcome_labels_match_serde_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for o in Outcome::ALL {
+            let json = serde_json::to_string(&o).unwrap();
+            assert_eq!(json, format!("\"{}\"", o.as_str()));
+            assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), o);
+            assert!(seen.insert(o.as_str()));
+            assert_eq!(o.is_success(), o == Outcome::Success);
+        }
+    }
+
+    #[test]
+    fn excerpt_drops_a_code_point_cut_by_truncation_only() {
+        let s = "héllo".as_bytes();
+        // Cut inside 'é' (2 bytes at 1..3).
+        assert_eq!(lossy_excerpt(&s[..2]), "h");
+        assert_eq!(lossy_excerpt(s), "héllo");
+        // Invalid bytes in the middle are replaced, not dropped.
+        assert_eq!(lossy_excerpt(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn truncate_counts_characters() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc…");
+        assert_eq!(truncate("ééé", 2), "éé…");
+    }
+
+    #[test]
+    fn header_names_are_the_lowercase_forms_used_on_the_wire() {
+        assert_eq!(SIGNATURE_HEADER.to_ascii_lowercase(), "x-webhook-signature");
+        assert_eq!(DELIVERY_ID_HEADER.to_ascii_lowercase(), "x-webhook-id");
+        assert_eq!(ATTEMPT_HEADER.to_ascii_lowercase(), "x-webhook-attempt");
+        assert_eq!(
+            USER_AGENT,
+            format!("mgpass-webhooks/{}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}

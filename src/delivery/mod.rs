@@ -1,0 +1,239 @@
+//! Delivery of matched events to endpoints: the delivery task that travels through the retry,
+//! replay and failed topics, the delivery-log record written for every attempt, the stable
+//! delivery id and the retry schedule. The HTTP attempt lives in [`http`], the per-partition
+//! commit bookkeeping in [`offsets`].
+//!
+//! The retry schedule is SPEC §4: attempt 1 at once; attempt 2 one second after attempt 1
+//! failed, attempt 3 five seconds after attempt 2 failed, attempt 4 twenty-five seconds after
+//! attempt 3 failed; a fourth failure ends the delivery in the failed topic.
+
+pub mod consumer;
+pub mod engine;
+pub mod http;
+pub mod offsets;
+pub mod retry;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::processor::SourceRef;
+
+/// Attempts a delivery gets before it goes to the failed topic.
+pub const MAX_ATTEMPTS: u32 = 4;
+
+/// The retry tiers, in order: attempt `n + 2` waits in tier `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tier {
+    #[serde(rename = "1s")]
+    OneSecond,
+    #[serde(rename = "5s")]
+    FiveSeconds,
+    #[serde(rename = "25s")]
+    TwentyFiveSeconds,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::OneSecond, Tier::FiveSeconds, Tier::TwentyFiveSeconds];
+
+    pub fn delay_ms(self) -> i64 {
+        match self {
+            Tier::OneSecond => 1_000,
+            Tier::FiveSeconds => 5_000,
+            Tier::TwentyFiveSeconds => 25_000,
+        }
+    }
+
+    /// Bounded label value and name suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::OneSecond => "1s",
+            Tier::FiveSeconds => "5s",
+            Tier::TwentyFiveSeconds => "25s",
+        }
+    }
+}
+
+/// What follows a failed attempt number `attempt` (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Wait in this tier; the next attempt is `attempt + 1`.
+    Retry(Tier),
+    /// The attempt budget is spent.
+    Exhausted,
+}
+
+/// The retry schedule as a pure function.
+pub fn after_failure(attempt: u32) -> AfterFailure {
+    match attempt {
+        0 | 1 => AfterFailure::Retry(Tier::OneSecond),
+        2 => AfterFailure::Retry(Tier::FiveSeconds),
+        3 => AfterFailure::Retry(Tier::TwentyFiveSeconds),
+        _ => AfterFailure::Exhausted,
+    }
+}
+
+/// The stable delivery id of (source record, subscription): identical on every retry and replay
+/// and after a crash re-reads the source record, so receivers can deduplicate on it.
+pub fn delivery_id(source: &SourceRef, subscription_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(source.topic.as_bytes());
+    h.update([0]);
+    h.update(source.partition.to_be_bytes());
+    h.update(source.offset.to_be_bytes());
+    h.update([0]);
+    h.update(subscription_id.as_bytes());
+    let digest = h.finalize();
+    format!("dlv_{}", hex::encode(&digest[..16]))
+}
+
+/// Where a delivery's event came from, as recorded in tasks and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl From<&SourceRef> for Source {
+    fn from(s: &SourceRef) -> Self {
+        Source {
+            topic: s.topic.clone(),
+            partition: s.partition,
+            offset: s.offset,
+        }
+    }
+}
+
+/// Everything a later attempt needs: the value of retry, replay and failed records. The body is
+/// kept byte-exact (it is UTF-8 JSON, stored as a string); the secret is not: each attempt signs
+/// with the subscription as it is then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryTask {
+    pub delivery_id: String,
+    pub subscription_id: String,
+    pub event_type: String,
+    pub idempotency_key: String,
+    pub body: String,
+    /// Number of the attempt this task is for (1-based).
+    pub attempt: u32,
+    /// Not to be attempted before this time (Unix milliseconds).
+    pub due_at_ms: i64,
+    pub first_attempt_at_ms: i64,
+    pub source: Source,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_status: Option<u16>,
+}
+
+/// One attempt as written to the delivery log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryLogRecord {
+    pub delivery_id: String,
+    pub subscription_id: String,
+    pub event_type: String,
+    pub idempotency_key: String,
+    pub source: Source,
+    pub attempt: u32,
+    /// `success`, `http_error`, `timeout`, `connect_error`, `tls_error`, `redirect`,
+    /// `request_error`, `subscription_deleted`, `subscription_disabled`.
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// RFC 3339, UTC.
+    pub attempted_at: String,
+    /// RFC 3339 time of the next attempt, when one is scheduled.
+    pub next_attempt_at: Option<String>,
+}
+
+/// Unix milliseconds → RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedule_is_1_5_25_then_exhausted() {
+        let table = [
+            (1, AfterFailure::Retry(Tier::OneSecond)),
+            (2, AfterFailure::Retry(Tier::FiveSeconds)),
+            (3, AfterFailure::Retry(Tier::TwentyFiveSeconds)),
+            (4, AfterFailure::Exhausted),
+            (5, AfterFailure::Exhausted),
+        ];
+        for (attempt, expected) in table {
+            assert_eq!(after_failure(attempt), expected, "attempt {attempt}");
+        }
+        let delays: Vec<i64> = Tier::ALL.iter().map(|t| t.delay_ms()).collect();
+        assert_eq!(delays, [1_000, 5_000, 25_000]);
+        // Cumulative: attempts at about 0, 1, 6 and 31 seconds.
+        let mut at = 0;
+        let mut times = vec![at];
+        for attempt in 1..MAX_ATTEMPTS {
+            if let AfterFailure::Retry(t) = after_failure(attempt) {
+                at += t.delay_ms();
+                times.push(at);
+            }
+        }
+        assert_eq!(times, [0, 1_000, 6_000, 31_000]);
+    }
+
+    #[test]
+    fn delivery_id_is_stable_and_distinct() {
+        let s = SourceRef {
+            topic: "rewards.events".into(),
+            partition: 2,
+            offset: 41,
+        };
+        let a = delivery_id(&s, "sub_1");
+        assert_eq!(a, delivery_id(&s.clone(), "sub_1"));
+        assert_eq!(a.len(), 4 + 32);
+        assert_ne!(a, delivery_id(&s, "sub_2"));
+        assert_ne!(
+            a,
+            delivery_id(
+                &SourceRef {
+                    offset: 42,
+                    ..s.clone()
+                },
+                "sub_1"
+            )
+        );
+        assert_ne!(a, delivery_id(&SourceRef { partition: 3, ..s }, "sub_1"));
+    }
+
+    #[test]
+    fn task_round_trips_through_json() {
+        let t = DeliveryTask {
+            delivery_id: "dlv_x".into(),
+            subscription_id: "sub_1".into(),
+            event_type: "rewards.points_awarded".into(),
+            idempotency_key: "k".into(),
+            body: "{\"event_type\":\"é\"}".into(),
+            attempt: 2,
+            due_at_ms: 1,
+            first_attempt_at_ms: 0,
+            source: Source {
+                topic: "t".into(),
+                partition: 0,
+                offset: 5,
+            },
+            last_error: Some("timeout".into()),
+            last_status: None,
+        };
+        let json = serde_json::to_vec(&t).unwrap();
+        assert_eq!(serde_json::from_slice::<DeliveryTask>(&json).unwrap(), t);
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,214 @@
+//! The retry-tier and replay consumers: read delivery tasks, hold each until its due time, then
+//! hand it to the [`Engine`] with many attempts in flight.
+//!
+//! Guarantees: a task is never attempted before `due_at_ms`. Only a partition whose head is not
+//! yet due is paused; the loop keeps polling while partitions are paused (so it never exceeds
+//! `max.poll.interval.ms`), and other partitions, tiers and fresh events flow on. Records fetched
+//! before a pause took effect are held in order, not dropped. A task's offset is released for
+//! commit only when the engine has its outputs acknowledged, through the contiguous-prefix
+//! [`OffsetTracker`]. A record that is not a delivery task is logged, counted and skipped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::TopicPartitionList;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use super::consumer::{self as tracked, RebalanceContext, RebalanceEvent};
+use super::engine::Engine;
+use super::offsets::{OffsetTracker, Token};
+use super::{now_ms, DeliveryTask};
+use crate::config::Config;
+use crate::kafka;
+
+/// Tasks being attempted at once per task consumer.
+pub const MAX_OUTSTANDING_TASKS: usize = 4096;
+
+pub struct TaskConsumer {
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    rebalances: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
+    tracker: Arc<OffsetTracker>,
+    topic: String,
+    engine: Arc<Engine>,
+    shutdown_deadline: Duration,
+}
+
+struct Held {
+    token: Token,
+    task: DeliveryTask,
+}
+
+impl TaskConsumer {
+    /// A consumer of `topic` (a retry tier or the replay topic) in the processor's group.
+    pub fn new(config: &Config, topic: &str, engine: Arc<Engine>) -> Result<Self> {
+        let (context, rebalances) = RebalanceContext::new();
+        let consumer = kafka::group_consumer(config, &format!("tasks-{topic}"), context)?;
+        Ok(TaskConsumer {
+            consumer: Arc::new(consumer),
+            rebalances,
+            tracker: Arc::new(OffsetTracker::new()),
+            topic: topic.to_string(),
+            engine,
+            shutdown_deadline: Duration::from_secs(config.delivery.shutdown_deadline_secs),
+        })
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        self.consumer
+            .subscribe(&[&self.topic])
+            .with_context(|| format!("subscribing to {:?}", self.topic))?;
+        info!(topic = %self.topic, "consuming delivery tasks");
+        let outstanding = Arc::new(Semaphore::new(MAX_OUTSTANDING_TASKS));
+        let tasks = TaskTracker::new();
+        let failure = CancellationToken::new();
+        let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
+        let mut held: HashMap<i32, VecDeque<Held>> = HashMap::new();
+        loop {
+            let next_due = held
+                .values()
+                .filter_map(|q| q.front())
+                .map(|h| h.task.due_at_ms)
+                .min();
+            let wait = next_due.map_or(Duration::from_secs(3600), |due| {
+                Duration::from_millis((due - now_ms()).max(0) as u64)
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = failure.cancelled() => break,
+                Some(ev) = self.rebalances.recv() => self.on_rebalance(ev, &mut held),
+                _ = tokio::time::sleep(wait), if next_due.is_some() => {}
+                msg = self.consumer.recv() => {
+                    while let Ok(ev) = self.rebalances.try_recv() {
+                        self.on_rebalance(ev, &mut held);
+                    }
+                    match msg {
+                        Ok(m) => {
+                            let token = self.tracker.begin(m.topic(), m.partition(), m.offset());
+                            match m.payload().map(serde_json::from_slice::<DeliveryTask>) {
+                                Some(Ok(task)) => {
+                                    let queue = held.entry(m.partition()).or_default();
+                                    if queue.is_empty() && task.due_at_ms > now_ms() {
+                                        self.pause(m.partition());
+                                    }
+                                    queue.push_back(Held { token, task });
+                                }
+                                other => {
+                                    let reason = match other {
+                                        Some(Err(e)) => e.to_string(),
+                                        _ => "empty value".to_string(),
+                                    };
+                                    warn!(
+                                        topic = %self.topic, partition = m.partition(),
+                                        offset = m.offset(), error = %reason,
+                                        "record is not a delivery task; skipped"
+                                    );
+                                    if let Some(c) = self.tracker.complete(token) {
+                                        tracked::store(&self.consumer, &c);
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => warn!(topic = %self.topic, error = %e, "task consumer error"),
+                    }
+                }
+            }
+            // Start every task that is due, in partition order; resume drained partitions.
+            let now = now_ms();
+            for (partition, queue) in held.iter_mut() {
+                let was_waiting = !queue.is_empty();
+                while queue.front().is_some_and(|h| h.task.due_at_ms <= now) {
+                    let h = queue.pop_front().expect("front exists");
+                    let permit = outstanding.clone().acquire_owned().await?;
+                    let engine = self.engine.clone();
+                    let tracker = self.tracker.clone();
+                    let consumer = self.consumer.clone();
+                    let failure = failure.clone();
+                    let err_tx = err_tx.clone();
+                    tasks.spawn(async move {
+                        match engine.attempt(h.task).await {
+                            Ok(()) => {
+                                if let Some(c) = tracker.complete(h.token) {
+                                    tracked::store(&consumer, &c);
+                                }
+                            }
+                            Err(e) => {
+                                error!(error = %format!("{e:#}"), "delivery attempt failed to record; stopping");
+                                let _ = err_tx.send(e);
+                                failure.cancel();
+                            }
+                        }
+                        drop(permit);
+                    });
+                }
+                if was_waiting {
+                    if queue.is_empty() {
+                        self.resume(*partition);
+                    } else {
+                        self.pause(*partition);
+                    }
+                }
+            }
+            held.retain(|_, q| !q.is_empty());
+        }
+        tasks.close();
+        if tokio::time::timeout(self.shutdown_deadline, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(topic = %self.topic, "shutdown deadline passed; unfinished tasks will be re-read");
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(error = %e, "final commit");
+        }
+        drop(err_tx);
+        match err_rx.recv().await {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn on_rebalance(&self, ev: RebalanceEvent, held: &mut HashMap<i32, VecDeque<Held>>) {
+        match ev {
+            RebalanceEvent::Revoked(parts) => {
+                for (topic, partition) in parts {
+                    // Held tasks are re-read by the partition's next owner.
+                    held.remove(&partition);
+                    self.tracker.revoke(&topic, partition);
+                }
+            }
+            RebalanceEvent::Assigned(parts) => {
+                // The listener resumed them; re-pause those we still hold due-later tasks for.
+                for (_, partition) in parts {
+                    if held.get(&partition).is_some_and(|q| !q.is_empty()) {
+                        self.pause(partition);
+                    }
+                }
+            }
+        }
+    }
+
+    fn partition_list(&self, partition: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        tpl
+    }
+
+    fn pause(&self, partition: i32) {
+        if let Err(e) = self.consumer.pause(&self.partition_list(partition)) {
+            warn!(topic = %self.topic, partition, error = %e, "pause failed");
+        }
+    }
+
+    fn resume(&self, partition: i32) {
+        if let Err(e) = self.consumer.resume(&self.partition_list(partition)) {
+            warn!(topic = %self.topic, partition, error = %e, "resume failed");
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! An in-process webhook receiver for integration tests: HTTPS (HTTP/1.1 and HTTP/2) with a
+//! certificate for `127.0.0.1` and `localhost` issued by a throw-away CA, or plain HTTP, bound to
+//! `127.0.0.1:0`.
+//!
+//! - What it answers is programmable per path, at any time ([`Behaviour`], [`Receiver::set_behaviour`]).
+//! - Every request is recorded on arrival, before it is answered (hung ones included), in arrival
+//!   order ([`Receiver::recv_timeout`], [`Receiver::wait_for`], [`Receiver::received`]).
+//! - With a secret for its path ([`Receiver::set_secret`]), a request's `X-Webhook-Signature` is
+//!   checked as the public guide's Node code does (HMAC-SHA256 hex of the body, timing-safe
+//!   comparison) and the verdict recorded. It is computed over the raw body: our bodies are fixed
+//!   points of `JSON.stringify(JSON.parse(body))`, which `tests/body_js_fixed_point.rs` proves
+//!   with Node itself.
+//! - Dropping the [`Receiver`] stops the server and every connection, hung requests included.
+//!
+//! The TLS stack uses the ring provider explicitly, as reqwest's `rustls-tls` does.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long a [`Behaviour::Hang`] request waits when nothing cancels it first.
+const HANG_FOR: Duration = Duration::from_secs(3600);
+
+/// What the receiver answers on a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behaviour {
+    /// This status, always, with a short text body.
+    Status(u16),
+    /// These statuses, one per request, then 200 once the sequence is exhausted.
+    Sequence(Vec<u16>),
+    /// Never answers (until the client gives up or the receiver is dropped).
+    Hang,
+    /// `302 Found` to `/redirected/<path>` on this receiver.
+    Redirect,
+    /// This status with this body.
+    Body(u16, Vec<u8>),
+    /// This status after this delay (a slow endpoint).
+    Delay(Duration, u16),
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour::Status(200)
+    }
+}
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// Header names in lowercase; repeated headers joined with `, `.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+    /// `None` when no secret is set for the path; otherwise whether the signature verified.
+    pub signature_valid: Option<bool>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    default: Behaviour,
+    behaviours: HashMap<String, Behaviour>,
+    secrets: HashMap<String, Vec<u8>>,
+    log: Vec<Received>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Number of requests recorded so far; waiters watch it.
+    count: watch::Sender<usize>,
+    cancel: CancellationToken,
+    base: url::Url,
+}
+
+/// The running receiver. Dropping it stops it.
+pub struct Receiver {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    /// Position of [`Receiver::recv_timeout`] in the log.
+    cursor: Mutex<usize>,
+    ca_pem: Option<String>,
+    ca_dir: Option<tempfile::TempDir>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        // Aborting the accept loop drops its JoinSet, which aborts every connection task.
+        self.server.abort();
+    }
+}
+
+impl Receiver {
+    /// An HTTPS receiver answering `default` on every path without its own behaviour.
+    pub async fn start(default: Behaviour) -> Receiver {
+        let tls = TestTls::generate();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![tls.leaf_der.clone()], tls.leaf_key())
+            .expect("server certificate");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("ca.pem"), &tls.ca_pem).expect("write CA file");
+
+        let mut r = Receiver::launch("https", default, Some(acceptor)).await;
+        r.ca_pem = Some(tls.ca_pem);
+        r.ca_dir = Some(dir);
+        r
+    }
+
+    /// A plain `http://` receiver (for `http.allow_http` tests).
+    pub async fn start_plain(default: Behaviour) -> Receiver {
+        Receiver::launch("http", default, None).await
+    }
+
+    async fn launch(
+        scheme: &str,
+        default: Behaviour,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let base = url::Url::parse(&format!("{scheme}://127.0.0.1:{}/", addr.port())).unwrap();
+        let (count, _) = watch::channel(0usize);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                default,
+                ..State::default()
+            }),
+            count,
+            cancel: CancellationToken::new(),
+            base,
+        });
+        let server = tokio::spawn(accept_loop(listener, tls, shared.clone()));
+        Receiver {
+            shared,
+            addr,
+            cursor: Mutex::new(0),
+            ca_pem: None,
+            ca_dir: None,
+            server,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:PORT/path` (or `http://` for a plain receiver); `path` with or
+    /// without its leading `/`, may carry a query.
+    pub fn url(&self, path: &str) -> url::Url {
+        self.shared
+            .base
+            .join(path.trim_start_matches('/'))
+            .expect("receiver URL")
+    }
+
+    /// The PEM of the CA that issued the server certificate. Panics for a plain receiver.
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone().expect("a plain receiver has no CA")
+    }
+
+    /// A file holding [`Receiver::ca_pem`], for `http.ca_bundle`; lives as long as the receiver.
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca_dir
+            .as_ref()
+            .expect("a plain receiver has no CA")
+            .path()
+            .join("ca.pem")
+    }
+
+    /// An `http.*` config that reaches this receiver: its CA trusted (HTTPS) or `http://`
+    /// allowed (plain), other settings at their defaults.
+    pub fn http_config(&self) -> mgpass_webhooks::config::HttpConfig {
+        let mut c = mgpass_webhooks::config::HttpConfig::default();
+        if self.ca_dir.is_some() {
+            c.ca_bundle = Some(self.ca_file());
+        } else {
+            c.allow_http = true;
+        }
+        c
+    }
+
+    /// Sets what `path` answers from now on (replacing any sequence in progress).
+    pub fn set_behaviour(&self, path: &str, behaviour: Behaviour) {
+        let mut s = self.shared.state.lock().unwrap();
+        s.behaviours.insert(normalise(path), behaviour);
+    }
+
+    /// Sets what paths without their own behaviour answer.
+    pub fn set_default(&self, behaviour: Behaviour) {
+        self.shared.state.lock().unwrap().default = behaviour;
+    }
+
+    /// Verifies `X-Webhook-Signature` of requests to `path` with `secret` from now on.
+    pub fn set_secret(&self, path: &str, secret: &str) {
+        let mut s = self.shared.state.lock().unwrap();
+        s.secrets
+            .insert(normalise(path), secret.as_bytes().to_vec());
+    }
+
+    /// The next request in arrival order not yet returned by this method, waiting up to `timeout`.
+    pub async fn recv_timeout(&self, timeout: Duration) -> Option<Received> {
+        let next = *self.cursor.lock().unwrap();
+        let mut rx = self.shared.count.subscribe();
+        let arrived = tokio::time::timeout(timeout, rx.wait_for(|n| *n > next)).await;
+        if !matches!(arrived, Ok(Ok(_))) {
+            return None;
+        }
+        let mut cursor = self.cursor.lock().unwrap();
+        let r = self.shared.state.lock().unwrap().log.get(*cursor).cloned();
+        if r.is_some() {
+            *cursor += 1;
+        }
+        r
+    }
+
+    /// Every request so far, in arrival order (does not move [`Receiver::recv_timeout`]).
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.state.lock().unwrap().log.clone()
+    }
+
+    /// Every request to `path` so far, in arrival order.
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        let path = normalise(path);
+        let s = self.shared.state.lock().unwrap();
+        s.log.iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Waits until `path` has received at least `count` requests or `timeout` passed, and returns
+    /// what it received (assert on the length).
+    pub async fn wait_for(&self, path: &str, count: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.shared.count.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let got = self.received_on(path);
+            if got.len() >= count {
+                return got;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.received_on(path),
+            }
+        }
+    }
+}
+
+fn normalise(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or("");
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            // Reap finished connections so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req| handle(shared.clone(), req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Errors (failed handshakes, resets by clients that gave up) end the connection only.
+            match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                }
+            }
+        });
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => return Ok(response(400, b"unreadable body".to_vec())),
+    };
+    let mut headers: HashMap<String, String> = HashMap::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let path = parts.uri.path().to_string();
+
+    let behaviour = {
+        let mut s = shared.state.lock().unwrap();
+        let signature_valid = s.secrets.get(&path).map(|secret| {
+            verify(
+                secret,
+                &body,
+                headers.get("x-webhook-signature").map(String::as_str),
+            )
+        });
+        s.log.push(Received {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            headers,
+            body,
+            at: Instant::now(),
+            signature_valid,
+        });
+        let n = s.log.len();
+        shared.count.send_replace(n);
+        let default = s.default.clone();
+        match s.behaviours.get_mut(&path) {
+            Some(Behaviour::Sequence(seq)) => {
+                Behaviour::Status(if seq.is_empty() { 200 } else { seq.remove(0) })
+            }
+            Some(b) => b.clone(),
+            None => match default {
+                // A default sequence is per path: start this path's own copy.
+                Behaviour::Sequence(mut seq) => {
+                    let status = if seq.is_empty() { 200 } else { seq.remove(0) };
+                    s.behaviours.insert(path.clone(), Behaviour::Sequence(seq));
+                    Behaviour::Status(status)
+                }
+                other => other,
+            },
+        }
+    };
+
+    Ok(match behaviour {
+        Behaviour::Status(code) => status_response(code),
+        Behaviour::Sequence(_) => unreachable!("resolved above"),
+        Behaviour::Body(code, bytes) => response(code, bytes),
+        Behaviour::Delay(wait, code) => {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shared.cancel.cancelled() => {}
+            }
+            status_response(code)
+        }
+        Behaviour::Hang => {
+            tokio::select! {
+                _ = tokio::time::sleep(HANG_FOR) => {}
+                _ = shared.cancel.cancelled() => {}
+            }
+            status_response(503)
+        }
+        Behaviour::Redirect => {
+            let target = shared
+                .base
+                .join(&format!("redirected{path}"))
+                .expect("redirect URL");
+            let mut r = response(302, b"Found".to_vec());
+            r.headers_mut().insert(
+                hyper::header::LOCATION,
+                target.as_str().parse().expect("location header"),
+            );
+            r
+        }
+    })
+}
+
+/// The guide's check: `timingSafeEqual(Buffer.from(signature), Buffer.from(expectedHex))`,
+/// which rejects any length mismatch (and so uppercase hex compares unequal).
+fn verify(secret: &[u8], body: &[u8], signature: Option<&str>) -> bool {
+    let Some(signature) = signature else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(body);
+    let expected = hex::encode(mac.finalize().into_bytes());
+    let (a, b) = (signature.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn status_response(code: u16) -> hyper::Response<Full<Bytes>> {
+    let reason = hyper::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Status");
+    response(code, reason.as_bytes().to_vec())
+}
+
+fn response(code: u16, body: Vec<u8>) -> hyper::Response<Full<Bytes>> {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(code).expect("valid status code");
+    r
+}
+
+/// A CA and a leaf certificate for `127.0.0.1` and `localhost` it signed.
+struct TestTls {
+    ca_pem: String,
+    leaf_der: CertificateDer<'static>,
+    leaf_key_der: Vec<u8>,
+}
+
+impl TestTls {
+    fn generate() -> TestTls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "mgpass-webhooks test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+
+        let mut leaf =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf.use_authority_key_identifier_extension = true;
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let leaf_cert = leaf
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf certificate");
+
+        TestTls {
+            ca_pem: ca_cert.pem(),
+            leaf_der: leaf_cert.der().clone(),
+            leaf_key_der: leaf_key.serialize_der(),
+        }
+    }
+
+    fn leaf_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone()))
+    }
+}

@@ -1,0 +1,272 @@
+//! One HTTP attempt against a real in-process HTTPS receiver: what goes on the wire, and how every
+//! kind of failure is classified. No Kafka needed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::receiver::{Behaviour, Receiver};
+use mgpass_webhooks::config::HttpConfig;
+use mgpass_webhooks::delivery::http::{AttemptResult, HttpClient, Outcome, Request};
+
+const BODY: &str = r#"{"event_type":"rewards.points_awarded","data":{"user_id":"usr_abc123","points":150,"note":"é🎉"},"timestamp":"2025-01-15T10:30:00.000Z"}"#;
+
+async fn send(client: &HttpClient, url: &url::Url, signature: &str, attempt: u32) -> AttemptResult {
+    client
+        .send(Request {
+            url,
+            body: Bytes::from_static(BODY.as_bytes()),
+            signature,
+            delivery_id: "dlv_0123456789abcdef",
+            attempt,
+        })
+        .await
+}
+
+fn client(config: &HttpConfig) -> HttpClient {
+    HttpClient::new(config).expect("HTTP client")
+}
+
+#[tokio::test]
+async fn success_sends_the_exact_body_and_every_header() {
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    receiver.set_secret("/hook", "whsec_test");
+    let signature = mgpass_webhooks::signing::sign(b"whsec_test", BODY.as_bytes());
+    let http = client(&receiver.http_config());
+
+    let result = send(&http, &receiver.url("/hook"), &signature, 3).await;
+
+    assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+    assert_eq!(result.status, Some(200));
+    assert_eq!(result.error, None);
+    assert_eq!(result.response_excerpt.as_deref(), Some("OK"));
+    let got = receiver
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .expect("request received");
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path, "/hook");
+    assert_eq!(got.body, BODY.as_bytes(), "body byte for byte");
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.header("x-webhook-signature"), Some(signature.as_str()));
+    assert_eq!(got.header("x-webhook-id"), Some("dlv_0123456789abcdef"));
+    assert_eq!(got.header("x-webhook-attempt"), Some("3"));
+    let ua = got.header("user-agent").expect("user agent");
+    assert!(
+        ua.contains(&format!("mgpass-webhooks/{}", env!("CARGO_PKG_VERSION"))),
+        "{ua}"
+    );
+    assert_eq!(got.signature_valid, Some(true));
+    assert!(receiver
+        .recv_timeout(Duration::from_millis(200))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn server_error_is_an_http_error_with_its_status_and_excerpt() {
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let http = client(&receiver.http_config());
+
+    let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::HttpError);
+    assert_eq!(result.status, Some(500));
+    assert!(
+        result.error.as_deref().unwrap().contains("500"),
+        "{result:?}"
+    );
+    assert_eq!(
+        result.response_excerpt.as_deref(),
+        Some("Internal Server Error")
+    );
+}
+
+#[tokio::test]
+async fn redirect_is_a_failure_and_is_never_followed() {
+    let receiver = Receiver::start(Behaviour::Redirect).await;
+    let http = client(&receiver.http_config());
+
+    let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::Redirect, "{result:?}");
+    assert_eq!(result.status, Some(302));
+    assert!(
+        result.error.as_deref().unwrap().contains("302"),
+        "{result:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paths: Vec<String> = receiver.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        ["/hook"],
+        "the redirect target must not be requested"
+    );
+}
+
+#[tokio::test]
+async fn hung_endpoint_times_out_within_the_request_timeout() {
+    let receiver = Receiver::start(Behaviour::Hang).await;
+    let mut config = receiver.http_config();
+    config.request_timeout_ms = 500;
+    let http = client(&config);
+
+    let started = Instant::now();
+    let result = send(&http, &receiver.url("/slow"), "sig", 1).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(result.outcome, Outcome::Timeout, "{result:?}");
+    assert_eq!(result.status, None);
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(result.duration <= elapsed);
+    // The hung request did arrive.
+    assert_eq!(receiver.received_on("/slow").len(), 1);
+}
+
+#[tokio::test]
+async fn refused_connection_is_a_connect_error_without_the_url_in_the_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let http = client(&HttpConfig::default());
+    let url = url::Url::parse(&format!("https://127.0.0.1:{port}/hook?token=s3cr3t")).unwrap();
+
+    let result = send(&http, &url, "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::ConnectError, "{result:?}");
+    assert_eq!(result.status, None);
+    let error = result.error.expect("error text");
+    assert!(
+        !error.contains("s3cr3t") && !error.contains("127.0.0.1"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn untrusted_certificate_is_a_tls_error() {
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    // Built-in web roots only: the receiver's test CA is unknown.
+    let http = client(&HttpConfig::default());
+
+    let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::TlsError, "{result:?}");
+    assert_eq!(result.status, None);
+    assert!(
+        result
+            .error
+            .as_deref()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "{result:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(receiver.received().is_empty());
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_without_sending_unless_allowed() {
+    let receiver = Receiver::start_plain(Behaviour::Status(204)).await;
+    let refused = client(&HttpConfig::default());
+
+    let result = send(&refused, &receiver.url("/hook"), "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::RequestError, "{result:?}");
+    assert!(
+        result.error.as_deref().unwrap().contains("http.allow_http"),
+        "{result:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(receiver.received().is_empty(), "nothing may be sent");
+
+    // Local development: allowed explicitly.
+    let allowed = client(&receiver.http_config());
+    let result = send(&allowed, &receiver.url("/hook"), "sig", 1).await;
+    assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+    assert_eq!(result.status, Some(204));
+    assert_eq!(result.response_excerpt, None);
+    assert_eq!(receiver.received_on("/hook").len(), 1);
+}
+
+#[tokio::test]
+async fn big_response_is_truncated_to_the_configured_excerpt() {
+    let receiver = Receiver::start(Behaviour::Body(200, vec![b'x'; 1024 * 1024])).await;
+    let mut config = receiver.http_config();
+    config.max_response_bytes = 4096;
+    let http = client(&config);
+
+    let started = Instant::now();
+    let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+    assert_eq!(result.response_excerpt.as_deref().map(str::len), Some(4096));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn sequence_fails_then_succeeds_and_reports_wrong_signatures() {
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    receiver.set_behaviour("/flaky", Behaviour::Sequence(vec![500, 503]));
+    receiver.set_secret("/flaky", "right");
+    let http = client(&receiver.http_config());
+    let good = mgpass_webhooks::signing::sign(b"right", BODY.as_bytes());
+    let bad = mgpass_webhooks::signing::sign(b"wrong", BODY.as_bytes());
+
+    let mut statuses = Vec::new();
+    for (attempt, signature) in [(1, &good), (2, &bad), (3, &good), (4, &good)] {
+        let result = send(&http, &receiver.url("/flaky"), signature, attempt).await;
+        statuses.push((result.outcome, result.status));
+    }
+
+    assert_eq!(
+        statuses,
+        [
+            (Outcome::HttpError, Some(500)),
+            (Outcome::HttpError, Some(503)),
+            (Outcome::Success, Some(200)),
+            (Outcome::Success, Some(200)),
+        ]
+    );
+    let got = receiver.wait_for("/flaky", 4, Duration::from_secs(5)).await;
+    let verdicts: Vec<_> = got.iter().map(|r| r.signature_valid).collect();
+    assert_eq!(verdicts, [Some(true), Some(false), Some(true), Some(true)]);
+    let attempts: Vec<_> = got
+        .iter()
+        .map(|r| r.header("x-webhook-attempt").unwrap().to_string())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3", "4"]);
+}
+
+#[tokio::test]
+async fn bad_ca_bundle_is_a_config_error_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not-pem.txt");
+    std::fs::write(&not_pem, "this is not a certificate\n").unwrap();
+    let bad_pem = dir.path().join("bad.pem");
+    std::fs::write(
+        &bad_pem,
+        "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let bad_der = dir.path().join("bad-der.pem");
+    std::fs::write(
+        &bad_der,
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.pem");
+
+    for path in [missing, not_pem, bad_pem, bad_der] {
+        let config = HttpConfig {
+            ca_bundle: Some(path.clone()),
+            ..HttpConfig::default()
+        };
+        let err = HttpClient::new(&config).expect_err(&format!("{path:?} must be refused"));
+        let text = format!("{err:#}");
+        assert!(text.contains("http.ca_bundle"), "{path:?}: {text}");
+    }
+}
