@@ -45,4 +45,10 @@ echo "[test.sh] MGPASS_TEST_BOOTSTRAP=${MGPASS_TEST_BOOTSTRAP}" >&2
 cd "${REPO_ROOT}"
 # set -e makes a failing `cargo test` exit with its status; the EXIT trap
 # keeps that status after stopping the broker.
+rm -f target/tmp/*-report.txt
 cargo test "$@"
+for report in target/tmp/*-report.txt; do
+  if [[ -e "${report}" ]]; then
+    echo "[test.sh] $(basename "${report}"): $(cat "${report}")"
+  fi
+done

@@ -264,7 +264,13 @@ impl Config {
         // figment reads the process environment itself; filter what it would see by our prefix.
         let ours: Vec<(String, String)> = env
             .iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !k.starts_with(ENV_KAFKA_PROP_PREFIX))
+            // Settings always name a section (`MGPASS_<SECTION>__<KEY>`); other `MGPASS_*`
+            // variables (`MGPASS_CONFIG`, the scripts' `MGPASS_CACHE_DIR`, …) are not settings.
+            .filter(|(k, _)| {
+                k.starts_with(ENV_PREFIX)
+                    && !k.starts_with(ENV_KAFKA_PROP_PREFIX)
+                    && k[ENV_PREFIX.len()..].contains("__")
+            })
             .cloned()
             .collect();
         for (key, value) in &ours {
@@ -607,6 +613,8 @@ mod tests {
                 ("MGPASS_DELIVERY__MAX_IN_FLIGHT", "20"),
                 ("MGPASS_KAFKA_PROP_SASL_MECHANISM", "PLAIN"),
                 ("OTHER", "ignored"),
+                ("MGPASS_CONFIG", "read by the CLI, not a setting"),
+                ("MGPASS_TEST_BOOTSTRAP", "not a setting"),
             ]),
             &Overrides {
                 bootstrap_servers: Some("flag:9092".into()),

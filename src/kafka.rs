@@ -44,29 +44,46 @@ pub fn producer(config: &Config) -> Result<FutureProducer> {
     create(with_properties(c, config), "producer")
 }
 
-/// A consumer in the processor's group. Offsets are stored by the application only after a
+/// A consumer in group `group`. Offsets are stored by the application only after a
 /// record's outputs are acknowledged (`enable.auto.offset.store=false`) and committed in the
 /// background from that store.
 pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
     config: &Config,
     role: &str,
+    group: &str,
     context: C,
 ) -> Result<StreamConsumer<C>> {
     let mut c = base(config, role);
-    c.set("group.id", &config.kafka.group_id)
+    c.set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    with_properties(c, config)
-        .create_with_context(context)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("creating the Kafka {role} client (check kafka.* settings)"))
+    create_with(with_properties(c, config), role, context)
 }
 
+/// The context of assignment readers: end-of-partition is how they learn a load is complete,
+/// not an error worth a log line.
+pub struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!(reason, "end of partition")
+            }
+            other => tracing::error!(error = %other, reason, "kafka client error"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
 /// A group-less consumer that reads partitions by explicit assignment (the subscription table).
-pub fn reader(config: &Config, role: &str) -> Result<StreamConsumer> {
+pub fn reader(config: &Config, role: &str) -> Result<StreamConsumer<ReaderContext>> {
     let mut c = base(config, role);
     c.set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -78,7 +95,7 @@ pub fn reader(config: &Config, role: &str) -> Result<StreamConsumer> {
         "group.id",
         format!("{}.{role}-reader", config.kafka.group_id),
     );
-    create(c, role)
+    create_with(c, role, ReaderContext)
 }
 
 pub fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>> {
@@ -86,9 +103,22 @@ pub fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>> {
 }
 
 fn create<T: rdkafka::config::FromClientConfig>(c: ClientConfig, role: &str) -> Result<T> {
-    c.create()
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("creating the Kafka {role} client (check kafka.* settings)"))
+    c.create().map_err(|e| creation_error(e, role))
+}
+
+fn create_with<C, T>(c: ClientConfig, role: &str, context: C) -> Result<T>
+where
+    C: rdkafka::ClientContext,
+    T: rdkafka::config::FromClientConfigAndContext<C>,
+{
+    c.create_with_context(context)
+        .map_err(|e| creation_error(e, role))
+}
+
+fn creation_error(e: rdkafka::error::KafkaError, role: &str) -> anyhow::Error {
+    anyhow!("{e}").context(format!(
+        "creating the Kafka {role} client (check kafka.* settings)"
+    ))
 }
 
 /// Partition ids of `topic`, failing with a clear message when it does not exist.

@@ -15,13 +15,11 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use tokio::sync::{mpsc::UnboundedReceiver, Semaphore};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::delivery::consumer::{self as tracked, RebalanceContext, RebalanceEvent};
-use crate::delivery::offsets::OffsetTracker;
+use crate::delivery::consumer::{revoke, InFlight, RebalanceContext, RebalanceEvent};
 
 use crate::admin_server::Health;
 use crate::config::Config;
@@ -64,7 +62,6 @@ pub const MAX_OUTSTANDING_RECORDS: usize = 4096;
 pub struct Processor<D> {
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     rebalances: std::sync::Mutex<Option<UnboundedReceiver<RebalanceEvent>>>,
-    tracker: OffsetTracker,
     producer: FutureProducer,
     config: Config,
     table: Arc<SubscriptionTable>,
@@ -84,9 +81,13 @@ impl<D: Dispatcher> Processor<D> {
     ) -> Result<Self> {
         let (context, rebalances) = RebalanceContext::new();
         Ok(Processor {
-            consumer: Arc::new(kafka::group_consumer(config, "events", context)?),
+            consumer: Arc::new(kafka::group_consumer(
+                config,
+                "events",
+                &config.kafka.group_id,
+                context,
+            )?),
             rebalances: std::sync::Mutex::new(Some(rebalances)),
-            tracker: OffsetTracker::new(),
             producer,
             config: config.clone(),
             table,
@@ -128,16 +129,13 @@ impl<D: Dispatcher> Processor<D> {
             .expect("rebalance receiver lock")
             .take()
             .context("the processor runs once")?;
-        let outstanding = Arc::new(Semaphore::new(MAX_OUTSTANDING_RECORDS));
-        let tasks = TaskTracker::new();
-        let failure = CancellationToken::new();
-        let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
+        let in_flight = InFlight::new(self.consumer.clone(), MAX_OUTSTANDING_RECORDS);
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = failure.cancelled() => break,
+                _ = in_flight.failed().cancelled() => break,
                 Some(ev) = rebalances.recv() => {
-                    self.on_rebalance(ev);
+                    revoke(in_flight.tracker(), ev);
                     continue;
                 }
                 msg = self.consumer.recv() => msg,
@@ -151,51 +149,18 @@ impl<D: Dispatcher> Processor<D> {
             };
             // Apply assignment changes that happened during that poll before tracking.
             while let Ok(ev) = rebalances.try_recv() {
-                self.on_rebalance(ev);
+                revoke(in_flight.tracker(), ev);
             }
-            let permit = outstanding.clone().acquire_owned().await?;
-            let token = self.tracker.begin(m.topic(), m.partition(), m.offset());
+            let token = in_flight
+                .tracker()
+                .begin(m.topic(), m.partition(), m.offset());
             let this = self.clone();
-            let failure = failure.clone();
-            let err_tx = err_tx.clone();
-            tasks.spawn(async move {
-                match this.handle(&m).await {
-                    Ok(()) => {
-                        if let Some(commit) = this.tracker.complete(token) {
-                            tracked::store(&this.consumer, &commit);
-                        }
-                    }
-                    Err(e) => {
-                        // Not completed: the offset stays uncommitted and the record is re-read.
-                        error!(error = %format!("{e:#}"), "event handling failed; stopping");
-                        let _ = err_tx.send(e);
-                        failure.cancel();
-                    }
-                }
-                drop(permit);
-            });
+            in_flight
+                .spawn(token, async move { this.handle(&m).await })
+                .await?;
         }
-        tasks.close();
         let deadline = std::time::Duration::from_secs(self.config.delivery.shutdown_deadline_secs);
-        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
-            warn!(
-                in_flight = self.tracker.in_flight_total(),
-                "shutdown deadline passed; unfinished records will be re-read after restart"
-            );
-        }
-        drop(err_tx);
-        match err_rx.recv().await {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    fn on_rebalance(&self, ev: RebalanceEvent) {
-        if let RebalanceEvent::Revoked(parts) = ev {
-            for (topic, partition) in parts {
-                self.tracker.revoke(&topic, partition);
-            }
-        }
+        in_flight.finish(deadline).await
     }
 
     async fn handle(&self, m: &OwnedMessage) -> Result<()> {

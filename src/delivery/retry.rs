@@ -16,12 +16,10 @@ use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::TopicPartitionList;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use super::consumer::{self as tracked, RebalanceContext, RebalanceEvent};
+use super::consumer::{InFlight, RebalanceContext, RebalanceEvent};
 use super::engine::Engine;
 use super::offsets::{OffsetTracker, Token};
 use super::{now_ms, DeliveryTask};
@@ -34,7 +32,6 @@ pub const MAX_OUTSTANDING_TASKS: usize = 4096;
 pub struct TaskConsumer {
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     rebalances: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
-    tracker: Arc<OffsetTracker>,
     topic: String,
     engine: Arc<Engine>,
     shutdown_deadline: Duration,
@@ -46,14 +43,16 @@ struct Held {
 }
 
 impl TaskConsumer {
-    /// A consumer of `topic` (a retry tier or the replay topic) in the processor's group.
+    /// A consumer of `topic` (a retry tier or the replay topic) in group `<kafka.group_id>.<topic>`.
     pub fn new(config: &Config, topic: &str, engine: Arc<Engine>) -> Result<Self> {
         let (context, rebalances) = RebalanceContext::new();
-        let consumer = kafka::group_consumer(config, &format!("tasks-{topic}"), context)?;
+        // A group of its own per task topic: a tier consumer joining or leaving never
+        // rebalances (and so never interrupts) the event consumer or the other tiers.
+        let group = format!("{}.{topic}", config.kafka.group_id);
+        let consumer = kafka::group_consumer(config, &format!("tasks-{topic}"), &group, context)?;
         Ok(TaskConsumer {
             consumer: Arc::new(consumer),
             rebalances,
-            tracker: Arc::new(OffsetTracker::new()),
             topic: topic.to_string(),
             engine,
             shutdown_deadline: Duration::from_secs(config.delivery.shutdown_deadline_secs),
@@ -65,10 +64,7 @@ impl TaskConsumer {
             .subscribe(&[&self.topic])
             .with_context(|| format!("subscribing to {:?}", self.topic))?;
         info!(topic = %self.topic, "consuming delivery tasks");
-        let outstanding = Arc::new(Semaphore::new(MAX_OUTSTANDING_TASKS));
-        let tasks = TaskTracker::new();
-        let failure = CancellationToken::new();
-        let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
+        let in_flight = InFlight::new(self.consumer.clone(), MAX_OUTSTANDING_TASKS);
         let mut held: HashMap<i32, VecDeque<Held>> = HashMap::new();
         loop {
             let next_due = held
@@ -81,16 +77,16 @@ impl TaskConsumer {
             });
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = failure.cancelled() => break,
-                Some(ev) = self.rebalances.recv() => self.on_rebalance(ev, &mut held),
+                _ = in_flight.failed().cancelled() => break,
+                Some(ev) = self.rebalances.recv() => self.on_rebalance(in_flight.tracker(), ev, &mut held),
                 _ = tokio::time::sleep(wait), if next_due.is_some() => {}
                 msg = self.consumer.recv() => {
                     while let Ok(ev) = self.rebalances.try_recv() {
-                        self.on_rebalance(ev, &mut held);
+                        self.on_rebalance(in_flight.tracker(), ev, &mut held);
                     }
                     match msg {
                         Ok(m) => {
-                            let token = self.tracker.begin(m.topic(), m.partition(), m.offset());
+                            let token = in_flight.tracker().begin(m.topic(), m.partition(), m.offset());
                             match m.payload().map(serde_json::from_slice::<DeliveryTask>) {
                                 Some(Ok(task)) => {
                                     let queue = held.entry(m.partition()).or_default();
@@ -109,9 +105,7 @@ impl TaskConsumer {
                                         offset = m.offset(), error = %reason,
                                         "record is not a delivery task; skipped"
                                     );
-                                    if let Some(c) = self.tracker.complete(token) {
-                                        tracked::store(&self.consumer, &c);
-                                    }
+                                    in_flight.complete_now(token);
                                 }
                             }
                         }
@@ -125,27 +119,10 @@ impl TaskConsumer {
                 let was_waiting = !queue.is_empty();
                 while queue.front().is_some_and(|h| h.task.due_at_ms <= now) {
                     let h = queue.pop_front().expect("front exists");
-                    let permit = outstanding.clone().acquire_owned().await?;
                     let engine = self.engine.clone();
-                    let tracker = self.tracker.clone();
-                    let consumer = self.consumer.clone();
-                    let failure = failure.clone();
-                    let err_tx = err_tx.clone();
-                    tasks.spawn(async move {
-                        match engine.attempt(h.task).await {
-                            Ok(()) => {
-                                if let Some(c) = tracker.complete(h.token) {
-                                    tracked::store(&consumer, &c);
-                                }
-                            }
-                            Err(e) => {
-                                error!(error = %format!("{e:#}"), "delivery attempt failed to record; stopping");
-                                let _ = err_tx.send(e);
-                                failure.cancel();
-                            }
-                        }
-                        drop(permit);
-                    });
+                    in_flight
+                        .spawn(h.token, async move { engine.attempt(h.task).await })
+                        .await?;
                 }
                 if was_waiting {
                     if queue.is_empty() {
@@ -157,30 +134,25 @@ impl TaskConsumer {
             }
             held.retain(|_, q| !q.is_empty());
         }
-        tasks.close();
-        if tokio::time::timeout(self.shutdown_deadline, tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!(topic = %self.topic, "shutdown deadline passed; unfinished tasks will be re-read");
-        }
+        let result = in_flight.finish(self.shutdown_deadline).await;
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(error = %e, "final commit");
         }
-        drop(err_tx);
-        match err_rx.recv().await {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        result
     }
 
-    fn on_rebalance(&self, ev: RebalanceEvent, held: &mut HashMap<i32, VecDeque<Held>>) {
+    fn on_rebalance(
+        &self,
+        tracker: &OffsetTracker,
+        ev: RebalanceEvent,
+        held: &mut HashMap<i32, VecDeque<Held>>,
+    ) {
         match ev {
             RebalanceEvent::Revoked(parts) => {
                 for (topic, partition) in parts {
                     // Held tasks are re-read by the partition's next owner.
                     held.remove(&partition);
-                    self.tracker.revoke(&topic, partition);
+                    tracker.revoke(&topic, partition);
                 }
             }
             RebalanceEvent::Assigned(parts) => {

@@ -79,7 +79,7 @@ pub struct LoadStats {
 }
 
 pub struct Loader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<kafka::ReaderContext>,
     topic: String,
     table: Arc<SubscriptionTable>,
     metrics: Arc<Metrics>,
