@@ -94,6 +94,9 @@ pub struct DeliveryConfig {
     /// Deliveries in flight to one endpoint (scheme + host + port), so a slow endpoint cannot
     /// take the whole budget.
     pub max_in_flight_per_endpoint: usize,
+    /// Deliveries allowed to wait for a connection to one busy endpoint; beyond that an attempt
+    /// fails at once as `endpoint_saturated` and follows the retry schedule.
+    pub max_queued_per_endpoint: usize,
     /// On SIGTERM/SIGINT, how long in-flight work may take to finish before exiting.
     pub shutdown_deadline_secs: u64,
 }
@@ -204,6 +207,7 @@ impl Default for DeliveryConfig {
         DeliveryConfig {
             max_in_flight: 1024,
             max_in_flight_per_endpoint: 64,
+            max_queued_per_endpoint: 256,
             shutdown_deadline_secs: 30,
         }
     }

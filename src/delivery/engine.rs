@@ -1,22 +1,25 @@
 //! The delivery engine: one attempt of one delivery, end to end. It signs the body with the
 //! subscription as it is *now* (a new URL or secret applies to retries; a deleted or disabled
 //! subscription ends the delivery with a logged outcome), sends it within the global and
-//! per-endpoint concurrency limits, writes the delivery-log record, and schedules the next
+//! per-endpoint concurrency limits (an endpoint whose connections are all busy and whose wait
+//! queue is full fails the attempt at once as `endpoint_saturated`), writes the delivery-log record, and schedules the next
 //! attempt in its retry tier or, after the last attempt, writes the failed record. It returns only
 //! when every record it produced is acknowledged by Kafka, so callers can release the input
 //! offset.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::future::try_join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::http::{HttpClient, Request};
+use super::http::{AttemptResult, HttpClient, Outcome, Request};
 use super::{
     after_failure, delivery_id, now_ms, rfc3339_ms, AfterFailure, DeliveryLogRecord, DeliveryTask,
     Source, Tier,
@@ -35,7 +38,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     config: Config,
     global: Arc<Semaphore>,
-    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+    endpoints: Mutex<HashMap<String, Arc<EndpointGate>>>,
 }
 
 impl Engine {
@@ -56,14 +59,17 @@ impl Engine {
         })
     }
 
-    fn endpoint_limit(&self, sub: &Subscription) -> Arc<Semaphore> {
+    fn endpoint_gate(&self, sub: &Subscription) -> Arc<EndpointGate> {
         let key = sub.url.origin().ascii_serialization();
         let mut map = self.endpoints.lock().expect("endpoint map poisoned");
         map.entry(key)
             .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.config.delivery.max_in_flight_per_endpoint,
-                ))
+                Arc::new(EndpointGate {
+                    permits: Arc::new(Semaphore::new(
+                        self.config.delivery.max_in_flight_per_endpoint,
+                    )),
+                    waiting: AtomicUsize::new(0),
+                })
             })
             .clone()
     }
@@ -91,11 +97,20 @@ impl Engine {
                 return self.produce_all(vec![self.log_output(&log)?]).await;
             }
         };
-        let endpoint = self.endpoint_limit(&sub);
-        let _endpoint_permit = endpoint
-            .acquire_owned()
+        let gate = self.endpoint_gate(&sub);
+        let Some(_endpoint_permit) = gate
+            .acquire(self.config.delivery.max_queued_per_endpoint)
             .await
-            .context("endpoint limit closed")?;
+        else {
+            let result = AttemptResult {
+                outcome: Outcome::EndpointSaturated,
+                status: None,
+                error: Some("endpoint saturated: not sent".into()),
+                response_excerpt: None,
+                duration: Duration::ZERO,
+            };
+            return self.record(task, result, now_ms()).await;
+        };
         let _global_permit = self
             .global
             .clone()
@@ -119,12 +134,23 @@ impl Engine {
         drop(_global_permit);
         drop(_endpoint_permit);
         self.metrics
+            .attempt_seconds
+            .observe(result.duration.as_secs_f64());
+        self.record(task, result, attempted_at).await
+    }
+
+    /// Writes the outputs of one attempt: its delivery-log record and, after a failure, the next
+    /// attempt's task in its retry tier or, after the last attempt, the failed record.
+    async fn record(
+        &self,
+        task: DeliveryTask,
+        result: AttemptResult,
+        attempted_at: i64,
+    ) -> Result<()> {
+        self.metrics
             .attempts
             .with_label_values(&[result.outcome.as_str()])
             .inc();
-        self.metrics
-            .attempt_seconds
-            .observe(result.duration.as_secs_f64());
         let duration_ms = result.duration.as_millis() as u64;
         let mut outputs = Vec::with_capacity(2);
         if result.outcome.is_success() {
@@ -143,65 +169,66 @@ impl Engine {
                 None,
             );
             outputs.push(self.log_output(&log)?);
-        } else {
-            let error = result
-                .error
-                .clone()
-                .or_else(|| result.status.map(|s| format!("HTTP {s}")));
-            match after_failure(task.attempt) {
-                AfterFailure::Retry(tier) => {
-                    let due = now_ms() + tier.delay_ms();
-                    let next = DeliveryTask {
-                        attempt: task.attempt + 1,
-                        due_at_ms: due,
-                        last_error: error.clone(),
-                        last_status: result.status,
-                        ..task.clone()
-                    };
-                    let log = self.log_record(
-                        &task,
-                        result.outcome.as_str(),
-                        result.status,
-                        error.clone(),
-                        duration_ms,
-                        attempted_at,
-                        Some(due),
-                    );
-                    debug!(
-                        delivery_id = %task.delivery_id, attempt = task.attempt,
-                        outcome = result.outcome.as_str(), tier = tier.as_str(), "attempt failed; retry scheduled"
-                    );
-                    outputs.push(self.log_output(&log)?);
-                    outputs.push(self.task_output(self.tier_topic(tier), &next)?);
-                    self.metrics
-                        .retries_scheduled
-                        .with_label_values(&[tier.as_str()])
-                        .inc();
-                }
-                AfterFailure::Exhausted => {
-                    warn!(
-                        delivery_id = %task.delivery_id, subscription = %task.subscription_id,
-                        attempt = task.attempt, outcome = result.outcome.as_str(),
-                        "delivery failed after its last attempt"
-                    );
-                    let failed = DeliveryTask {
-                        last_error: error.clone(),
-                        last_status: result.status,
-                        ..task.clone()
-                    };
-                    let log = self.log_record(
-                        &task,
-                        result.outcome.as_str(),
-                        result.status,
-                        error,
-                        duration_ms,
-                        attempted_at,
-                        None,
-                    );
-                    outputs.push(self.log_output(&log)?);
-                    outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
-                    self.metrics.deliveries.with_label_values(&["failed"]).inc();
-                }
+            return self.produce_all(outputs).await;
+        }
+        let error = result
+            .error
+            .clone()
+            .or_else(|| result.status.map(|s| format!("HTTP {s}")));
+        match after_failure(task.attempt) {
+            AfterFailure::Retry(tier) => {
+                let due = now_ms() + tier.delay_ms();
+                let log = self.log_record(
+                    &task,
+                    result.outcome.as_str(),
+                    result.status,
+                    error.clone(),
+                    duration_ms,
+                    attempted_at,
+                    Some(due),
+                );
+                debug!(
+                    delivery_id = %task.delivery_id, attempt = task.attempt,
+                    outcome = result.outcome.as_str(), tier = tier.as_str(),
+                    "attempt failed; retry scheduled"
+                );
+                let next = DeliveryTask {
+                    attempt: task.attempt + 1,
+                    due_at_ms: due,
+                    last_error: error,
+                    last_status: result.status,
+                    ..task
+                };
+                outputs.push(self.log_output(&log)?);
+                outputs.push(self.task_output(self.tier_topic(tier), &next)?);
+                self.metrics
+                    .retries_scheduled
+                    .with_label_values(&[tier.as_str()])
+                    .inc();
+            }
+            AfterFailure::Exhausted => {
+                warn!(
+                    delivery_id = %task.delivery_id, subscription = %task.subscription_id,
+                    attempt = task.attempt, outcome = result.outcome.as_str(),
+                    "delivery failed after its last attempt"
+                );
+                let log = self.log_record(
+                    &task,
+                    result.outcome.as_str(),
+                    result.status,
+                    error.clone(),
+                    duration_ms,
+                    attempted_at,
+                    None,
+                );
+                let failed = DeliveryTask {
+                    last_error: error,
+                    last_status: result.status,
+                    ..task
+                };
+                outputs.push(self.log_output(&log)?);
+                outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
+                self.metrics.deliveries.with_label_values(&["failed"]).inc();
             }
         }
         self.produce_all(outputs).await
@@ -305,6 +332,28 @@ impl Engine {
     }
 }
 
+/// The concurrency limit of one endpoint (URL origin) and the number of deliveries waiting for it.
+struct EndpointGate {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+impl EndpointGate {
+    /// A connection slot, waiting in a queue of at most `max_queued`; `None` when that is full.
+    async fn acquire(&self, max_queued: usize) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= max_queued {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = self.permits.clone().acquire_owned().await.ok();
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit
+    }
+}
+
 struct Output {
     topic: String,
     key: String,
@@ -322,5 +371,33 @@ impl Dispatcher for Arc<Engine> {
         try_join_all(tasks.into_iter().map(|t| self.attempt(t)))
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_endpoint_queues_a_bounded_number_then_refuses() {
+        let gate = Arc::new(EndpointGate {
+            permits: Arc::new(Semaphore::new(1)),
+            waiting: AtomicUsize::new(0),
+        });
+        let first = gate.acquire(1).await.expect("a free connection");
+        let queued = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire(1).await.is_some() }
+        });
+        while gate.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(gate.acquire(1).await.is_none(), "queue of one is full");
+        drop(first);
+        assert!(
+            queued.await.unwrap(),
+            "the queued delivery gets the connection"
+        );
+        assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
     }
 }

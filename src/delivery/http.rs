@@ -57,11 +57,15 @@ pub enum Outcome {
     TlsError,
     /// Anything else: a refused URL, a bad header value, a connection reset mid-request.
     RequestError,
+    /// Not sent: every connection to the endpoint was busy and its wait queue full
+    /// (`delivery.max_in_flight_per_endpoint`, `delivery.max_queued_per_endpoint`). Counted as a
+    /// failed attempt so a slow endpoint cannot hold up the others.
+    EndpointSaturated,
 }
 
 impl Outcome {
     /// Every outcome, e.g. to initialise metric series.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Success,
         Outcome::HttpError,
         Outcome::Redirect,
@@ -69,6 +73,7 @@ impl Outcome {
         Outcome::ConnectError,
         Outcome::TlsError,
         Outcome::RequestError,
+        Outcome::EndpointSaturated,
     ];
 
     /// The label value, identical to the serde form.
@@ -81,6 +86,7 @@ impl Outcome {
             Outcome::ConnectError => "connect_error",
             Outcome::TlsError => "tls_error",
             Outcome::RequestError => "request_error",
+            Outcome::EndpointSaturated => "endpoint_saturated",
         }
     }
 
