@@ -94,9 +94,10 @@ pub struct DeliveryConfig {
     /// Deliveries in flight to one endpoint (scheme + host + port), so a slow endpoint cannot
     /// take the whole budget.
     pub max_in_flight_per_endpoint: usize,
-    /// Deliveries allowed to wait for a connection to one busy endpoint; beyond that an attempt
-    /// fails at once as `endpoint_saturated` and follows the retry schedule.
-    pub max_queued_per_endpoint: usize,
+    /// When every connection to an endpoint is busy and none was freed for this long, further
+    /// attempts to it fail at once as `endpoint_saturated` (and follow the retry schedule)
+    /// instead of waiting: a hanging endpoint cannot hold the slots other endpoints need.
+    pub endpoint_stall_ms: u64,
     /// On SIGTERM/SIGINT, how long in-flight work may take to finish before exiting.
     pub shutdown_deadline_secs: u64,
 }
@@ -207,7 +208,7 @@ impl Default for DeliveryConfig {
         DeliveryConfig {
             max_in_flight: 1024,
             max_in_flight_per_endpoint: 64,
-            max_queued_per_endpoint: 256,
+            endpoint_stall_ms: 2_000,
             shutdown_deadline_secs: 30,
         }
     }
@@ -384,6 +385,9 @@ impl Config {
         }
         if self.delivery.max_in_flight == 0 {
             p.push("delivery.max_in_flight: must be positive".into());
+        }
+        if self.delivery.endpoint_stall_ms == 0 {
+            p.push("delivery.endpoint_stall_ms: must be positive".into());
         }
         if self.delivery.max_in_flight_per_endpoint == 0 {
             p.push("delivery.max_in_flight_per_endpoint: must be positive".into());

@@ -59,7 +59,10 @@ pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // librdkafka prefetches up to 64 MiB per consumer by default; the processor runs five
+        // consumers, and records wait in memory as in-flight work anyway.
+        .set("queued.max.messages.kbytes", "16384");
     create_with(with_properties(c, config), role, context)
 }
 

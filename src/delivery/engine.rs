@@ -1,16 +1,17 @@
 //! The delivery engine: one attempt of one delivery, end to end. It signs the body with the
 //! subscription as it is *now* (a new URL or secret applies to retries; a deleted or disabled
 //! subscription ends the delivery with a logged outcome), sends it within the global and
-//! per-endpoint concurrency limits (an endpoint whose connections are all busy and whose wait
-//! queue is full fails the attempt at once as `endpoint_saturated`), writes the delivery-log record, and schedules the next
+//! per-endpoint concurrency limits (a busy endpoint is waited for, but once every connection to
+//! it is busy and none was freed for `delivery.endpoint_stall_ms`, its attempts fail at once as
+//! `endpoint_saturated` instead of holding slots that other endpoints need), writes the delivery-log record, and schedules the next
 //! attempt in its retry tier or, after the last attempt, writes the failed record. It returns only
 //! when every record it produced is acknowledged by Kafka, so callers can release the input
 //! offset.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::future::try_join_all;
@@ -64,12 +65,9 @@ impl Engine {
         let mut map = self.endpoints.lock().expect("endpoint map poisoned");
         map.entry(key)
             .or_insert_with(|| {
-                Arc::new(EndpointGate {
-                    permits: Arc::new(Semaphore::new(
-                        self.config.delivery.max_in_flight_per_endpoint,
-                    )),
-                    waiting: AtomicUsize::new(0),
-                })
+                Arc::new(EndpointGate::new(
+                    self.config.delivery.max_in_flight_per_endpoint,
+                ))
             })
             .clone()
     }
@@ -99,13 +97,17 @@ impl Engine {
         };
         let gate = self.endpoint_gate(&sub);
         let Some(_endpoint_permit) = gate
-            .acquire(self.config.delivery.max_queued_per_endpoint)
+            .acquire(Duration::from_millis(
+                self.config.delivery.endpoint_stall_ms,
+            ))
             .await
         else {
             let result = AttemptResult {
                 outcome: Outcome::EndpointSaturated,
                 status: None,
-                error: Some("endpoint saturated: not sent".into()),
+                error: Some(
+                    "endpoint stalled: every connection busy, none freed lately; not sent".into(),
+                ),
                 response_excerpt: None,
                 duration: Duration::ZERO,
             };
@@ -332,25 +334,63 @@ impl Engine {
     }
 }
 
-/// The concurrency limit of one endpoint (URL origin) and the number of deliveries waiting for it.
+/// The concurrency limit of one endpoint (URL origin), and when it last let a request start.
 struct EndpointGate {
     permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    /// Milliseconds since `epoch` at the last grant of a connection slot.
+    last_grant_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl EndpointGate {
-    /// A connection slot, waiting in a queue of at most `max_queued`; `None` when that is full.
-    async fn acquire(&self, max_queued: usize) -> Option<OwnedSemaphorePermit> {
+    fn new(limit: usize) -> Self {
+        EndpointGate {
+            permits: Arc::new(Semaphore::new(limit)),
+            last_grant_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn granted(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_grant_ms.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// Every slot is busy and none was granted for `stall`: requests are hanging, not queueing.
+    fn stalled(&self, stall: Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.permits.available_permits() == 0
+            && now.saturating_sub(self.last_grant_ms.load(Ordering::Acquire))
+                > stall.as_millis() as u64
+    }
+
+    /// A connection slot, waiting in line while the endpoint makes progress; `None` as soon as
+    /// it is stalled (a fast but busy endpoint is waited for, a hanging one is not).
+    async fn acquire(&self, stall: Duration) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            self.granted();
             return Some(permit);
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= max_queued {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        if self.stalled(stall) {
             return None;
         }
-        let permit = self.permits.clone().acquire_owned().await.ok();
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        permit
+        // Keep the place in the (fair) queue while checking for a stall now and then.
+        let acquire = self.permits.clone().acquire_owned();
+        tokio::pin!(acquire);
+        let check = (stall / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                permit = &mut acquire => {
+                    self.granted();
+                    return permit.ok();
+                }
+                _ = tokio::time::sleep(check) => {
+                    if self.stalled(stall) {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -379,25 +419,37 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_busy_endpoint_queues_a_bounded_number_then_refuses() {
-        let gate = Arc::new(EndpointGate {
-            permits: Arc::new(Semaphore::new(1)),
-            waiting: AtomicUsize::new(0),
-        });
-        let first = gate.acquire(1).await.expect("a free connection");
-        let queued = tokio::spawn({
+    async fn a_busy_endpoint_is_waited_for_and_a_stalled_one_refused() {
+        let stall = Duration::from_millis(200);
+        let gate = Arc::new(EndpointGate::new(1));
+        let first = gate.acquire(stall).await.expect("a free connection");
+        // Busy but progressing: the waiter gets the slot when it frees up.
+        let waiter = tokio::spawn({
             let gate = gate.clone();
-            async move { gate.acquire(1).await.is_some() }
+            async move { gate.acquire(stall).await.is_some() }
         });
-        while gate.waiting.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
-        assert!(gate.acquire(1).await.is_none(), "queue of one is full");
+        tokio::time::sleep(Duration::from_millis(100)).await;
         drop(first);
+        assert!(waiter.await.unwrap(), "a busy endpoint is waited for");
+        // Now hold the slot past the stall time: waiters and newcomers are refused.
+        let held = gate.acquire(stall).await.expect("free again");
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire(stall).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(
-            queued.await.unwrap(),
-            "the queued delivery gets the connection"
+            !waiter.await.unwrap(),
+            "a waiter gives up once the endpoint stalls"
         );
-        assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
+        assert!(
+            gate.acquire(stall).await.is_none(),
+            "newcomers fail at once"
+        );
+        drop(held);
+        assert!(
+            gate.acquire(stall).await.is_some(),
+            "a freed slot ends the stall"
+        );
     }
 }

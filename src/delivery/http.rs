@@ -57,9 +57,9 @@ pub enum Outcome {
     TlsError,
     /// Anything else: a refused URL, a bad header value, a connection reset mid-request.
     RequestError,
-    /// Not sent: every connection to the endpoint was busy and its wait queue full
-    /// (`delivery.max_in_flight_per_endpoint`, `delivery.max_queued_per_endpoint`). Counted as a
-    /// failed attempt so a slow endpoint cannot hold up the others.
+    /// Not sent: every connection to the endpoint was busy and none was freed for
+    /// `delivery.endpoint_stall_ms`. Counted as a failed attempt so a hanging endpoint cannot hold
+    /// up the others.
     EndpointSaturated,
 }
 
