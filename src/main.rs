@@ -17,6 +17,10 @@ use mgpass_webhooks::topics::{self, SetupOutcome};
 use mgpass_webhooks::{kafka, telemetry};
 use tokio_util::sync::CancellationToken;
 
+// glibc malloc/free was about a quarter of the processor's CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mgpass-webhooks",

@@ -246,25 +246,66 @@ fn without_input_echo(e: &serde_json::Error) -> String {
     }
 }
 
+/// Scope key of unscoped subscriptions in the index (client ids are never empty).
+const UNSCOPED: &str = "";
+
+/// subscription id → subscription.
+type Bucket = HashMap<String, Arc<Subscription>>;
+
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<String, Arc<Subscription>>,
-    /// event type (or `*`) → subscriptions listing it, keyed by id.
-    by_type: HashMap<String, HashMap<String, Arc<Subscription>>>,
+    /// event type (or `*`) → client scope (or [`UNSCOPED`]) → the subscriptions listing both, so
+    /// matching an event reads four small buckets, however large the table.
+    index: HashMap<String, HashMap<String, Bucket>>,
 }
 
 impl Inner {
+    fn scope(sub: &Subscription) -> &str {
+        sub.client_id.as_deref().unwrap_or(UNSCOPED)
+    }
+
     fn remove(&mut self, id: &str) -> Option<Arc<Subscription>> {
         let old = self.by_id.remove(id)?;
         for t in &old.event_types {
-            if let Some(ids) = self.by_type.get_mut(t) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.by_type.remove(t);
+            if let Some(scopes) = self.index.get_mut(t) {
+                if let Some(bucket) = scopes.get_mut(Self::scope(&old)) {
+                    bucket.remove(id);
+                    if bucket.is_empty() {
+                        scopes.remove(Self::scope(&old));
+                    }
+                }
+                if scopes.is_empty() {
+                    self.index.remove(t);
                 }
             }
         }
         Some(old)
+    }
+
+    fn insert(&mut self, sub: Arc<Subscription>) {
+        for t in &sub.event_types {
+            self.index
+                .entry(t.clone())
+                .or_default()
+                .entry(Self::scope(&sub).to_string())
+                .or_default()
+                .insert(sub.id.clone(), sub.clone());
+        }
+        self.by_id.insert(sub.id.clone(), sub);
+    }
+
+    /// The buckets of one index key (an event type or `*`) that an event from `client_id`
+    /// can match: the unscoped one and the client's own.
+    fn buckets<'a>(
+        &'a self,
+        key: &str,
+        client_id: Option<&str>,
+    ) -> impl Iterator<Item = &'a Bucket> {
+        let scopes = self.index.get(key);
+        let unscoped = scopes.and_then(|s| s.get(UNSCOPED));
+        let scoped = scopes.zip(client_id).and_then(|(s, c)| s.get(c));
+        unscoped.into_iter().chain(scoped)
     }
 }
 
@@ -296,16 +337,8 @@ impl SubscriptionTable {
                 inner.remove(&id);
             }
             Change::Put(sub) => {
-                let sub = Arc::new(sub);
                 inner.remove(&sub.id);
-                for t in &sub.event_types {
-                    inner
-                        .by_type
-                        .entry(t.clone())
-                        .or_default()
-                        .insert(sub.id.clone(), sub.clone());
-                }
-                inner.by_id.insert(sub.id.clone(), sub);
+                inner.insert(Arc::new(sub));
             }
         }
     }
@@ -341,25 +374,26 @@ impl SubscriptionTable {
         all
     }
 
-    /// The subscriptions that receive an event: candidates by type and `*`, filtered by
-    /// [`matching::matches`]. Each subscription appears once.
+    /// The subscriptions that receive an event: the candidates indexed under its type or `*`
+    /// and its client or no scope, filtered by [`matching::matches`]. Each appears once.
     pub fn matching(&self, event_type: &str, client_id: Option<&str>) -> Vec<Arc<Subscription>> {
         let inner = self.inner.read().expect("table lock poisoned");
-        // An event whose type is literally `*` is only a wildcard candidate, never listed twice.
-        let exact = (event_type != WILDCARD)
-            .then(|| inner.by_type.get(event_type))
-            .flatten();
-        let wildcard = inner.by_type.get(WILDCARD);
         let mut out = Vec::new();
-        for sub in exact.into_iter().flat_map(|m| m.values()) {
-            if matching::matches(sub, event_type, client_id) {
-                out.push(sub.clone());
+        // An event whose type is literally `*` has only wildcard candidates.
+        if event_type != WILDCARD {
+            for sub in inner
+                .buckets(event_type, client_id)
+                .flat_map(|b| b.values())
+            {
+                if matching::matches(sub, event_type, client_id) {
+                    out.push(sub.clone());
+                }
             }
         }
-        for sub in wildcard.into_iter().flat_map(|m| m.values()) {
-            // A subscription listing both the type and `*` is in both lists: take it once.
-            let taken = exact.is_some_and(|e| e.contains_key(&sub.id));
-            if !taken && matching::matches(sub, event_type, client_id) {
+        for sub in inner.buckets(WILDCARD, client_id).flat_map(|b| b.values()) {
+            // One listing both the type and `*` was a typed candidate already.
+            let typed = event_type != WILDCARD && sub.event_types.iter().any(|t| t == event_type);
+            if !typed && matching::matches(sub, event_type, client_id) {
                 out.push(sub.clone());
             }
         }

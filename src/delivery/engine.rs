@@ -2,8 +2,10 @@
 //! subscription as it is *now* (a new URL or secret applies to retries; a deleted or disabled
 //! subscription ends the delivery with a logged outcome), sends it within the global and
 //! per-endpoint concurrency limits (a busy endpoint is waited for, but once every connection to
-//! it is busy and none was freed for `delivery.endpoint_stall_ms`, its attempts fail at once as
-//! `endpoint_saturated` instead of holding slots that other endpoints need), writes the delivery-log record, and schedules the next
+//! it is busy and the wait for one would exceed `delivery.endpoint_stall_ms` — nothing freed
+//! for that long, or a queue that takes longer to drain at the recent request duration — its
+//! attempts fail at once as `endpoint_saturated` instead of holding slots that other endpoints
+//! need), writes the delivery-log record, and schedules the next
 //! attempt in its retry tier or, after the last attempt, writes the failed record. It returns only
 //! when every record it produced is acknowledged by Kafka, so callers can release the input
 //! offset.
@@ -133,6 +135,7 @@ impl Engine {
             })
             .await;
         self.metrics.in_flight.dec();
+        gate.observe(result.duration);
         drop(_global_permit);
         drop(_endpoint_permit);
         self.metrics
@@ -334,11 +337,16 @@ impl Engine {
     }
 }
 
-/// The concurrency limit of one endpoint (URL origin), and when it last let a request start.
+/// The concurrency limit of one endpoint (URL origin) and what tells a busy endpoint from a
+/// stalled one: when it last let a request start, its recent request duration and its queue.
 struct EndpointGate {
     permits: Arc<Semaphore>,
+    limit: u64,
     /// Milliseconds since `epoch` at the last grant of a connection slot.
     last_grant_ms: AtomicU64,
+    /// Moving average of request durations, microseconds.
+    latency_us: AtomicU64,
+    waiting: AtomicU64,
     epoch: Instant,
 }
 
@@ -346,7 +354,10 @@ impl EndpointGate {
     fn new(limit: usize) -> Self {
         EndpointGate {
             permits: Arc::new(Semaphore::new(limit)),
+            limit: limit.max(1) as u64,
             last_grant_ms: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -356,16 +367,36 @@ impl EndpointGate {
         self.last_grant_ms.fetch_max(now, Ordering::AcqRel);
     }
 
-    /// Every slot is busy and none was granted for `stall`: requests are hanging, not queueing.
-    fn stalled(&self, stall: Duration) -> bool {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.permits.available_permits() == 0
-            && now.saturating_sub(self.last_grant_ms.load(Ordering::Acquire))
-                > stall.as_millis() as u64
+    /// Folds one request duration into the moving average (weight 1/8).
+    fn observe(&self, duration: Duration) {
+        let sample = duration.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.latency_us.load(Ordering::Acquire);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.latency_us.store(new, Ordering::Release);
     }
 
-    /// A connection slot, waiting in line while the endpoint makes progress; `None` as soon as
-    /// it is stalled (a fast but busy endpoint is waited for, a hanging one is not).
+    /// Every slot is busy and the wait for one would exceed `stall`: no slot was granted for
+    /// that long (requests hang), or the queue ahead, at the recent request duration, takes
+    /// longer than that to drain (requests are slower than the traffic for this endpoint).
+    fn stalled(&self, stall: Duration) -> bool {
+        if self.permits.available_permits() > 0 {
+            return false;
+        }
+        let stall_us = stall.as_micros() as u64;
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let idle_us = now_ms.saturating_sub(self.last_grant_ms.load(Ordering::Acquire)) * 1000;
+        let queue_us = self.waiting.load(Ordering::Acquire)
+            * self.latency_us.load(Ordering::Acquire).max(idle_us)
+            / self.limit;
+        idle_us > stall_us || queue_us > stall_us
+    }
+
+    /// A connection slot, waiting in line while the wait stays under `stall`; `None` as soon as
+    /// the endpoint is stalled (a fast but busy endpoint is waited for, a hanging one is not).
     async fn acquire(&self, stall: Duration) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             self.granted();
@@ -374,6 +405,13 @@ impl EndpointGate {
         if self.stalled(stall) {
             return None;
         }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = self.wait(stall).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit
+    }
+
+    async fn wait(&self, stall: Duration) -> Option<OwnedSemaphorePermit> {
         // Keep the place in the (fair) queue while checking for a stall now and then.
         let acquire = self.permits.clone().acquire_owned();
         tokio::pin!(acquire);
@@ -451,5 +489,23 @@ mod tests {
             gate.acquire(stall).await.is_some(),
             "a freed slot ends the stall"
         );
+    }
+
+    #[tokio::test]
+    async fn a_queue_slower_to_drain_than_the_stall_time_is_refused() {
+        let stall = Duration::from_millis(200);
+        let gate = Arc::new(EndpointGate::new(1));
+        gate.observe(Duration::from_millis(300));
+        let _busy = gate.acquire(stall).await.expect("a free connection");
+        // One waiter ahead of nobody: 1 × 300 ms / 1 connection > 200 ms.
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire(stall).await.is_some() }
+        });
+        assert!(
+            !waiter.await.unwrap(),
+            "refused once the queue estimate exceeds the stall time"
+        );
+        assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
     }
 }

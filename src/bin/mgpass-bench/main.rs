@@ -1,0 +1,1011 @@
+//! `mgpass-bench`: the performance benchmark of issue #4 (see docs/benchmarks.md).
+//!
+//! Against a real local broker, each run creates topics of its own (the product's topic setup,
+//! a unique prefix), writes its subscriptions pointing at the bench's in-process HTTPS receiver,
+//! produces rewards events, runs the release processor (`mgpass-webhooks run`) as a child process
+//! and measures at the receiver: deliveries per second, end-to-end latency (event handed to the
+//! producer → request received), the processor's CPU seconds per 1,000 deliveries and its peak
+//! RSS; then the same receiver is driven by a plain reqwest loop with the same concurrency (the
+//! raw ceiling) and the ratio printed.
+//!
+//! Runs: `a` throughput (a backlog of events, one matching subscription each), `b` fan-out
+//! (events × 10 subscriptions), `c` latency (a steady rate after the processor is ready),
+//! `d-rate` / `d-latency` isolation (10 % of deliveries to an endpoint that never answers),
+//! `e` scale (100,000 subscriptions: table load time and RSS, then a backlog of events).
+//!
+//! Everything stays on 127.0.0.1 and is bounded in time and traffic.
+
+mod ceiling;
+mod child;
+mod floor;
+mod load;
+mod procfs;
+mod receiver;
+mod report;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use mgpass_webhooks::config::{Config, TopicNames};
+use mgpass_webhooks::events::KNOWN_EVENT_TYPES;
+use rdkafka::producer::FutureProducer;
+
+use crate::ceiling::Ceiling;
+use crate::child::Processor;
+use crate::receiver::{secret_for, Alpn, Receiver};
+use crate::report::{LatencyMs, RunResult, Window};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Scenario {
+    /// Throughput: a backlog of events, one matching subscription each.
+    A,
+    /// Fan-out: a backlog of events × 10 subscriptions.
+    B,
+    /// Latency: a steady rate for a while, after the processor is ready.
+    C,
+    /// Isolation: 10 % of deliveries to an endpoint that hangs (rate run and latency run).
+    D,
+    /// Scale: 100,000 subscriptions (load time, RSS), then a backlog of events.
+    E,
+    All,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mgpass-bench",
+    version,
+    about = "Benchmark of the mgpass-webhooks processor against a local broker (issue #4)"
+)]
+struct Args {
+    /// Kafka bootstrap servers (a local broker: the bench creates and deletes topics there).
+    #[arg(long, short = 'b', default_value = "127.0.0.1:9092")]
+    bootstrap_servers: String,
+    /// Which runs (comma-separated or repeated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    scenario: Vec<Scenario>,
+    /// Tiny sizes for CI: 2,000 events, 5 s latency run, 5,000 subscriptions, 1 s ceilings.
+    /// Prints the same figures; targets are not judged.
+    #[arg(long)]
+    smoke: bool,
+    /// Events of the throughput (a) and isolation rate (d-rate) runs [200000; smoke 2000].
+    #[arg(long)]
+    events: Option<u64>,
+    /// Events of an unreported warm-up run first (a fresh broker JVM compiles its hot paths
+    /// for a minute or so, which would otherwise land in the first run) [20000; smoke 0].
+    #[arg(long)]
+    warmup_events: Option<u64>,
+    /// Events of the fan-out run (b) [20000; smoke 200].
+    #[arg(long)]
+    fanout_events: Option<u64>,
+    /// Subscriptions every event of the fan-out run matches.
+    #[arg(long, default_value_t = 10)]
+    fanout: u64,
+    /// Events per second of the latency runs (c, d-latency).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds of the latency run (c) [30; smoke 5]; d-latency runs min(this, 10).
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Subscriptions of the scale run (e) [100000; smoke 5000].
+    #[arg(long)]
+    subscriptions: Option<u64>,
+    /// Events delivered after the scale run's table load, each matching one subscription
+    /// [20000; smoke 500].
+    #[arg(long)]
+    scale_events: Option<u64>,
+    /// Share of the isolation runs' events that go to the hanging endpoint, in percent.
+    #[arg(long, default_value_t = 10)]
+    hang_percent: u64,
+    /// `http.request_timeout_ms` of the isolation runs (how long a hanging attempt lasts); the
+    /// product default. Below `delivery.endpoint_stall_ms` (2 s) a hanging endpoint is never
+    /// seen as stalled: see docs/benchmarks.md.
+    #[arg(long, default_value_t = 10000)]
+    hang_timeout_ms: u64,
+    /// Longest the isolation rate run waits for its healthy deliveries [120; smoke 30].
+    #[arg(long)]
+    isolation_secs: Option<u64>,
+    /// Longest any other run waits for its deliveries after the processor is ready.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    /// Healthy listeners of the receiver (distinct origins, i.e. partners); the subscriptions of
+    /// a run are spread over them (a, c, d: one client-scoped subscription per endpoint, event n
+    /// from client n mod endpoints). 16 × the per-endpoint limit of 64 = the global limit of
+    /// 1024. With 1, every delivery shares one endpoint's limit and wait queue.
+    #[arg(long, default_value_t = 16)]
+    endpoints: usize,
+    /// End a run early when no healthy delivery arrived for this long (retries come 1, 5 and
+    /// 25 s after a failed attempt, so keep it above 30).
+    #[arg(long, default_value_t = 40)]
+    stall_secs: u64,
+    /// Protocols the receiver offers (ALPN).
+    #[arg(long, value_enum, default_value = "both")]
+    alpn: Alpn,
+    /// Partitions of the run's topics (events, retry, output); the subscriptions topic has 3.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// `delivery.max_in_flight` of the processor (the product default).
+    #[arg(long, default_value_t = 1024)]
+    max_in_flight: usize,
+    /// `delivery.max_in_flight_per_endpoint` of the processor (the product default).
+    #[arg(long, default_value_t = 64)]
+    max_in_flight_per_endpoint: usize,
+    /// Extra processor setting (repeatable), passed as `--set KEY=VALUE`.
+    #[arg(long = "processor-set", value_name = "KEY=VALUE")]
+    processor_set: Vec<String>,
+    /// The processor binary [the `mgpass-webhooks` next to this one].
+    #[arg(long)]
+    processor_bin: Option<PathBuf>,
+    /// `linger.ms` of the bench's event producer.
+    #[arg(long, default_value_t = 1)]
+    producer_linger_ms: u32,
+    /// Seconds of each closed-loop ceiling [10; smoke 1].
+    #[arg(long)]
+    ceiling_secs: Option<f64>,
+    /// Pid of the broker, to report its CPU time too.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Latency runs: seconds between the probe's delivery and the start of the paced events,
+    /// for the processor's consumer group to settle (members join one by one; each join
+    /// rebalances the group, and the heartbeat is 3 s).
+    #[arg(long, default_value_t = 5)]
+    settle_secs: u64,
+    /// Before each run, wait up to this many seconds for the host to be quiet (other processes
+    /// using less than --quiet-cores), for shared machines; 0 = do not wait.
+    #[arg(long, default_value_t = 0)]
+    wait_quiet_secs: u64,
+    /// What "quiet" means for --wait-quiet-secs, in busy cores (our broker not counted).
+    #[arg(long, default_value_t = 0.3)]
+    quiet_cores: f64,
+    /// A label for this invocation's runs in the table (e.g. the variant of --processor-set used).
+    #[arg(long)]
+    label: Option<String>,
+    /// Keep each run's topics (they are deleted by default).
+    #[arg(long)]
+    keep_topics: bool,
+    /// Also print the table as Markdown (for docs/benchmarks.md).
+    #[arg(long)]
+    markdown: bool,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the CA, configs and processor logs go [a new directory under the temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn pick<T>(&self, given: Option<T>, full: T, smoke: T) -> T {
+        given.unwrap_or(if self.smoke { smoke } else { full })
+    }
+    fn has(&self, s: Scenario) -> bool {
+        self.scenario.contains(&s) || self.scenario.contains(&Scenario::All)
+    }
+}
+
+/// How a run makes its events.
+#[derive(Debug, Clone, Copy)]
+enum Mix {
+    /// `rewards.points_awarded`; with `clients` > 1, event `n` comes from client `c<n % clients>`
+    /// and each client has its own subscription.
+    Plain { clients: u64 },
+    /// `rewards.points_awarded`, matched by every one of `subs` subscriptions.
+    Fanout { subs: u64 },
+    /// Every `every`-th event is `rewards.redeemed`, which only the hanging subscription takes;
+    /// the others are as [`Mix::Plain`].
+    Isolation { every: u64, clients: u64 },
+    /// Event `n` matches exactly subscription `(n × 7919) mod subs` (by type and client).
+    Scale { subs: u64 },
+}
+
+impl Mix {
+    /// (event type, client id, healthy deliveries it makes) of event `seq`.
+    fn event(&self, seq: u64) -> (&'static str, Option<String>, u64) {
+        match *self {
+            Mix::Plain { clients } if clients > 1 => (
+                "rewards.points_awarded",
+                Some(format!("c{}", seq % clients)),
+                1,
+            ),
+            Mix::Plain { .. } => ("rewards.points_awarded", None, 1),
+            Mix::Fanout { subs } => ("rewards.points_awarded", None, subs),
+            Mix::Isolation { every, .. } if seq % every == every - 1 => {
+                ("rewards.redeemed", None, 0)
+            }
+            Mix::Isolation { clients, .. } => Mix::Plain { clients }.event(seq),
+            Mix::Scale { subs } => {
+                let j = (seq * 7919) % subs;
+                (
+                    KNOWN_EVENT_TYPES[(j as usize) % KNOWN_EVENT_TYPES.len()],
+                    Some(format!("c{j}")),
+                    1,
+                )
+            }
+        }
+    }
+}
+
+/// One subscription of a run: number `n` (id `sub_<n>`, path `/s/<n>`, secret
+/// [`secret_for`]`(n)`).
+struct Sub {
+    n: u64,
+    event_types: Vec<&'static str>,
+    client_id: Option<String>,
+    hang: bool,
+}
+
+enum Plan {
+    /// Produce this many events before the processor starts.
+    Backlog(u64),
+    /// Produce at this rate for this long once the processor is ready.
+    Paced { rate: f64, secs: f64 },
+}
+
+struct RunSpec {
+    id: &'static str,
+    title: String,
+    subs: Vec<Sub>,
+    plan: Plan,
+    mix: Mix,
+    request_timeout_ms: Option<u64>,
+    deadline: Duration,
+    ceiling: ceiling::Mode,
+    target: String,
+}
+
+impl RunSpec {
+    fn events(&self) -> u64 {
+        match self.plan {
+            Plan::Backlog(n) => n,
+            Plan::Paced { rate, secs } => (rate * secs).round() as u64,
+        }
+    }
+
+    fn expected(&self) -> u64 {
+        (0..self.events()).map(|s| self.mix.event(s).2).sum()
+    }
+}
+
+fn specs(args: &Args) -> Vec<RunSpec> {
+    let k = args.endpoints.max(1) as u64;
+    let events_a = args.pick(args.events, 200_000, 2_000);
+    let ceiling_secs = args.pick(args.ceiling_secs, 10.0, 1.0);
+    let closed = ceiling::Mode::Closed { secs: ceiling_secs };
+    let backlog_deadline = Duration::from_secs(args.timeout_secs);
+    let plain_subs = |clients: u64| -> Vec<Sub> {
+        if clients <= 1 {
+            vec![Sub {
+                n: 0,
+                event_types: vec!["rewards.points_awarded"],
+                client_id: None,
+                hang: false,
+            }]
+        } else {
+            (0..clients)
+                .map(|n| Sub {
+                    n,
+                    event_types: vec!["rewards.points_awarded"],
+                    client_id: Some(format!("c{n}")),
+                    hang: false,
+                })
+                .collect()
+        }
+    };
+    let mut out = Vec::new();
+    let warmup = args.pick(args.warmup_events, 20_000, 0);
+    if warmup > 0 {
+        out.push(RunSpec {
+            id: "warmup",
+            title: format!("warm-up (not reported): {warmup} pre-produced events"),
+            subs: plain_subs(k),
+            plan: Plan::Backlog(warmup),
+            mix: Mix::Plain { clients: k },
+            request_timeout_ms: None,
+            deadline: backlog_deadline,
+            ceiling: closed,
+            target: String::new(),
+        });
+    }
+    if args.has(Scenario::A) {
+        out.push(RunSpec {
+            id: "a",
+            title: format!(
+                "throughput: {events_a} pre-produced events, one matching subscription each"
+            ),
+            subs: plain_subs(k),
+            plan: Plan::Backlog(events_a),
+            mix: Mix::Plain { clients: k },
+            request_timeout_ms: None,
+            deadline: backlog_deadline,
+            ceiling: closed,
+            target: "≥ 20000/s".into(),
+        });
+    }
+    if args.has(Scenario::B) {
+        let n = args.pick(args.fanout_events, 20_000, 200);
+        out.push(RunSpec {
+            id: "b",
+            title: format!(
+                "fan-out: {n} pre-produced events × {} subscriptions, {} endpoint(s)",
+                args.fanout,
+                k.min(args.fanout)
+            ),
+            subs: (0..args.fanout)
+                .map(|n| Sub {
+                    n,
+                    event_types: vec!["rewards.points_awarded"],
+                    client_id: None,
+                    hang: false,
+                })
+                .collect(),
+            plan: Plan::Backlog(n),
+            mix: Mix::Fanout { subs: args.fanout },
+            request_timeout_ms: None,
+            deadline: backlog_deadline,
+            ceiling: closed,
+            target: "≥ 25000/s".into(),
+        });
+    }
+    let secs_c = args.pick(args.duration_secs, 30.0, 5.0);
+    if args.has(Scenario::C) {
+        out.push(RunSpec {
+            id: "c",
+            title: format!(
+                "latency: {:.0} events/s for {secs_c:.0} s after ready, one subscription each, {k} endpoint(s)",
+                args.rate
+            ),
+            subs: plain_subs(k),
+            plan: Plan::Paced {
+                rate: args.rate,
+                secs: secs_c,
+            },
+            mix: Mix::Plain { clients: k },
+            request_timeout_ms: None,
+            deadline: Duration::from_secs_f64(secs_c + 60.0),
+            ceiling: ceiling::Mode::Open {
+                rate: args.rate,
+                secs: secs_c.min(10.0),
+            },
+            target: "p99 ≤ 20 ms".into(),
+        });
+    }
+    if args.has(Scenario::D) {
+        let every = (100 / args.hang_percent.clamp(1, 100)).max(1);
+        // The healthy subscriptions of a, plus one on the hanging endpoint for every
+        // `rewards.redeemed` event.
+        let subs = || {
+            let mut subs = plain_subs(k);
+            subs.push(Sub {
+                n: k.max(2),
+                event_types: vec!["rewards.redeemed"],
+                client_id: None,
+                hang: true,
+            });
+            subs
+        };
+        let isolation = Duration::from_secs(args.pick(args.isolation_secs, 120, 30));
+        out.push(RunSpec {
+            id: "d-rate",
+            title: format!(
+                "isolation: {events_a} pre-produced events, 1 in {every} to an endpoint that hangs ({} ms timeout), the rest as a",
+                args.hang_timeout_ms
+            ),
+            subs: subs(),
+            plan: Plan::Backlog(events_a),
+            mix: Mix::Isolation { every, clients: k },
+            request_timeout_ms: Some(args.hang_timeout_ms),
+            deadline: isolation,
+            ceiling: closed,
+            target: "≥ 90 % of a".into(),
+        });
+        let secs = secs_c.min(10.0);
+        out.push(RunSpec {
+            id: "d-latency",
+            title: format!(
+                "isolation: {:.0} events/s for {secs:.0} s, 1 in {every} to an endpoint that hangs",
+                args.rate
+            ),
+            subs: subs(),
+            plan: Plan::Paced {
+                rate: args.rate,
+                secs,
+            },
+            mix: Mix::Isolation { every, clients: k },
+            request_timeout_ms: Some(args.hang_timeout_ms),
+            deadline: Duration::from_secs_f64(secs + 60.0),
+            ceiling: ceiling::Mode::Open {
+                rate: args.rate * (every - 1) as f64 / every as f64,
+                secs,
+            },
+            target: "p99 ≤ 20 ms (as c)".into(),
+        });
+    }
+    if args.has(Scenario::E) {
+        let s = args.pick(args.subscriptions, 100_000, 5_000);
+        let n = args.pick(args.scale_events, 20_000, 500);
+        out.push(RunSpec {
+            id: "e",
+            title: format!(
+                "scale: {s} subscriptions (one event type and client each, over {k} endpoint(s)), then {n} events matching one each"
+            ),
+            subs: (0..s)
+                .map(|n| Sub {
+                    n,
+                    event_types: vec![KNOWN_EVENT_TYPES[(n as usize) % KNOWN_EVENT_TYPES.len()]],
+                    client_id: Some(format!("c{n}")),
+                    hang: false,
+                })
+                .collect(),
+            plan: Plan::Backlog(n),
+            mix: Mix::Scale { subs: s },
+            request_timeout_ms: None,
+            deadline: backlog_deadline,
+            ceiling: closed,
+            target: "load ≤ 5 s, RSS ≤ 300 MB".into(),
+        });
+    }
+    out
+}
+
+struct Bench {
+    args: Args,
+    receiver: Receiver,
+    ca_file: PathBuf,
+    work_dir: PathBuf,
+    bin: PathBuf,
+    producer: FutureProducer,
+    ceilings: HashMap<String, Ceiling>,
+    floors: HashMap<String, floor::Floor>,
+}
+
+fn mb(mib: Option<f64>) -> Option<f64> {
+    mib.map(|m| m * 1024.0 * 1024.0 / 1e6)
+}
+
+impl Bench {
+    /// The concurrency the processor can reach in a run: its global limit, or the per-endpoint
+    /// limit times the healthy origins the run's subscriptions use.
+    fn concurrency(&self, spec: &RunSpec) -> (usize, usize) {
+        let origins = spec
+            .subs
+            .iter()
+            .filter(|s| !s.hang)
+            .map(|s| s.n as usize % self.receiver.healthy_listeners())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            .max(1);
+        let c = self
+            .args
+            .max_in_flight
+            .min(self.args.max_in_flight_per_endpoint * origins);
+        (origins, c)
+    }
+
+    fn url(&self, sub: &Sub) -> String {
+        if sub.hang {
+            self.receiver.hanging_url(sub.n)
+        } else {
+            self.receiver.healthy_url(sub.n as usize, sub.n)
+        }
+    }
+
+    fn config(&self, spec: &RunSpec, prefix: &str, admin_port: u16) -> Config {
+        let mut c = Config::default();
+        c.kafka.bootstrap_servers = self.args.bootstrap_servers.clone();
+        c.kafka.group_id = format!("{prefix}group");
+        c.kafka.client_id = "mgpass-bench-processor".into();
+        c.topics = TopicNames::with_prefix(prefix);
+        c.topic_setup.partitions = self.args.partitions;
+        c.topic_setup.subscription_partitions = 3;
+        c.topic_setup.replication_factor = 1;
+        c.topic_setup.retention_ms = 3_600_000;
+        c.topic_setup.long_retention_ms = 3_600_000;
+        c.http.ca_bundle = Some(self.ca_file.clone());
+        if let Some(t) = spec.request_timeout_ms {
+            c.http.request_timeout_ms = t;
+            c.http.connect_timeout_ms = c.http.connect_timeout_ms.min(t);
+        }
+        c.delivery.max_in_flight = self.args.max_in_flight;
+        c.delivery.max_in_flight_per_endpoint = self.args.max_in_flight_per_endpoint;
+        c.delivery.shutdown_deadline_secs = 5;
+        c.admin.listen = format!("127.0.0.1:{admin_port}");
+        c
+    }
+
+    async fn run(&mut self, spec: &RunSpec) -> Result<RunResult> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis();
+        let prefix = format!("bench-{stamp}-{}.", spec.id);
+        let admin_port = child::free_port()?;
+        let config = self.config(spec, &prefix, admin_port);
+        let problems = config.validate();
+        if !problems.is_empty() {
+            bail!("bench config is invalid: {}", problems.join("; "));
+        }
+        let config_file = self.work_dir.join(format!("{}.toml", spec.id));
+        std::fs::write(&config_file, processor_toml(&config))?;
+        load::create_topics(&config).await?;
+        let result = self.run_on_topics(spec, &config, &config_file).await;
+        if !self.args.keep_topics {
+            load::delete_topics(&config).await;
+        }
+        result
+    }
+
+    async fn run_on_topics(
+        &mut self,
+        spec: &RunSpec,
+        config: &Config,
+        config_file: &std::path::Path,
+    ) -> Result<RunResult> {
+        let topic = config.topics.events.clone();
+        let mix = spec.mix;
+        let expected = spec.expected();
+        eprintln!("[bench] {}: {}", spec.id, spec.title);
+
+        // Subscriptions first, then (backlog runs) the events, all acknowledged before start.
+        let subs = spec.subs.iter().map(|s| {
+            let id = format!("sub_{:06}", s.n);
+            let value = load::subscription_json(
+                &id,
+                &self.url(s),
+                &s.event_types,
+                s.client_id.as_deref(),
+                &secret_for(s.n),
+            );
+            (id, value)
+        });
+        let t = Instant::now();
+        let n_subs = load::produce_all(&self.producer, &config.topics.subscriptions, subs).await?;
+        if n_subs > 1000 {
+            eprintln!(
+                "[bench] {}: {n_subs} subscriptions produced in {:.1} s",
+                spec.id,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let mut produce_secs = None;
+        if let Plan::Backlog(n) = spec.plan {
+            let took = load::produce_backlog(&self.producer, &topic, n, |seq| {
+                let (t, c, _) = mix.event(seq);
+                load::stamped_event(seq, t, c.as_deref())
+            })
+            .await?;
+            eprintln!(
+                "[bench] {}: {n} events produced in {:.1} s",
+                spec.id,
+                took.as_secs_f64()
+            );
+            produce_secs = Some(took.as_secs_f64());
+        }
+
+        if self.args.wait_quiet_secs > 0 {
+            procfs::wait_quiet(
+                self.args.quiet_cores,
+                Duration::from_secs(self.args.wait_quiet_secs),
+                self.args.broker_pid,
+            )
+            .await;
+        }
+        let _ = self.receiver.take();
+        let mut sets = self.args.processor_set.clone();
+        sets.retain(|s| !s.trim().is_empty());
+        let started = Instant::now();
+        let mut proc = Processor::spawn(
+            &self.bin,
+            config_file,
+            &sets,
+            config
+                .admin
+                .listen
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+            self.work_dir.join(format!("{}.processor.log", spec.id)),
+        )?;
+        let pid = proc.pid();
+        let ready = proc.wait_ready(Duration::from_secs(180)).await?;
+        let at_ready = procfs::CpuSample::take(Some(pid), self.args.broker_pid);
+        let rss_ready = procfs::status_mib(pid, "VmRSS");
+        let start_to_ready = ready.duration_since(started).as_secs_f64();
+
+        // Latency runs start producing once the processor really consumes: a probe event is
+        // delivered, then the consumer group gets time to settle (its members join one by one).
+        let mut ready_to_first = None;
+        let mut window_start = None;
+        let paced = match spec.plan {
+            Plan::Paced { rate, secs } => {
+                let (t, c, _) = mix.event(0);
+                let probe = load::stamped_event(u64::MAX / 2, t, c.as_deref());
+                load::produce_all(&self.producer, &topic, [probe]).await?;
+                let probe_deadline = Instant::now() + Duration::from_secs(120);
+                while self.receiver.healthy_count() == 0 {
+                    proc.check_alive()?;
+                    if Instant::now() > probe_deadline {
+                        bail!("the probe event was not delivered within 120 s of ready");
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                ready_to_first = Some(ready.elapsed().as_secs_f64());
+                tokio::time::sleep(Duration::from_secs(self.args.settle_secs)).await;
+                let _ = self.receiver.take();
+                window_start = Some((
+                    Instant::now(),
+                    procfs::CpuSample::take(Some(pid), self.args.broker_pid),
+                ));
+                let producer = self.producer.clone();
+                let topic = topic.clone();
+                Some(tokio::spawn(async move {
+                    load::produce_paced(&producer, &topic, rate, secs, |seq| {
+                        let (t, c, _) = mix.event(seq);
+                        load::stamped_event(seq, t, c.as_deref())
+                    })
+                    .await
+                }))
+            }
+            Plan::Backlog(_) => None,
+        };
+
+        // Wait for the healthy deliveries (or the deadline), reporting progress. Backlog runs
+        // measure CPU from the first delivery on.
+        let deadline = ready + spec.deadline;
+        let stall = Duration::from_secs(self.args.stall_secs);
+        let mut last_report = Instant::now();
+        let mut last_progress = (0u64, Instant::now());
+        let mut stalled = false;
+        loop {
+            let got = self.receiver.healthy_count();
+            if got != last_progress.0 {
+                last_progress = (got, Instant::now());
+            } else if got > 0 && last_progress.1.elapsed() > stall {
+                stalled = true;
+                break;
+            }
+            if window_start.is_none() && got > 0 {
+                ready_to_first = Some(ready.elapsed().as_secs_f64());
+                window_start = Some((
+                    Instant::now(),
+                    procfs::CpuSample::take(Some(pid), self.args.broker_pid),
+                ));
+            }
+            if got >= expected || Instant::now() > deadline {
+                break;
+            }
+            proc.check_alive()?;
+            if last_report.elapsed() > Duration::from_secs(5) {
+                last_report = Instant::now();
+                eprintln!(
+                    "[bench] {}: {got}/{expected} delivered, {} hung requests, {:.0} s since ready",
+                    spec.id,
+                    self.receiver.hung_count(),
+                    ready.elapsed().as_secs_f64()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let at_done = procfs::CpuSample::take(Some(pid), self.args.broker_pid);
+        let rss_peak = procfs::status_mib(pid, "VmHWM");
+        let paced = match paced {
+            Some(p) => Some(p.await??),
+            None => None,
+        };
+        let metrics = proc.metrics().await.unwrap_or_default();
+        proc.stop(Duration::from_secs(10)).await?;
+        let rec = self.receiver.take();
+
+        let delivered = rec.healthy;
+        let cpu = procfs::CpuDelta::between(
+            window_start.as_ref().map_or(&at_ready, |(_, c)| c),
+            &at_done,
+        );
+        let load_seconds_metric = metrics.get("webhooks_subscription_load_seconds").copied();
+        let keep = [
+            "webhooks_attempts_total{",
+            "webhooks_deliveries_total{",
+            "webhooks_retries_scheduled_total{",
+            "webhooks_events_total{",
+            "webhooks_subscriptions",
+        ];
+        let metrics = metrics
+            .into_iter()
+            .filter(|(k, v)| *v != 0.0 && keep.iter().any(|p| k == p || k.starts_with(p)))
+            .filter(|(k, _)| k.contains('{') || k == "webhooks_subscriptions")
+            .collect();
+        let mut result = RunResult {
+            id: spec.id.to_string(),
+            label: self.args.label.clone(),
+            title: spec.title.clone(),
+            events: spec.events(),
+            subscriptions: spec.subs.len() as u64,
+            expected,
+            delivered,
+            complete: delivered >= expected,
+            duplicates: rec.duplicates,
+            bad_signatures: rec.bad_signatures,
+            unstamped: rec.unstamped,
+            hung_requests: rec.hung,
+            produce_secs,
+            paced,
+            start_to_ready_secs: start_to_ready,
+            ready_to_first_delivery_secs: ready_to_first,
+            load_seconds_metric,
+            load_cpu_secs: at_ready.processor,
+            window: Window::of(&rec.arrivals),
+            per_second: report::per_second(&rec.arrivals),
+            latency: LatencyMs::of(&rec.latency_us),
+            cpu,
+            cpu_per_1k: cpu
+                .processor_secs
+                .filter(|_| delivered > 0)
+                .map(|s| s / delivered as f64 * 1000.0),
+            rss_peak_mb: mb(rss_peak),
+            rss_ready_mb: mb(rss_ready),
+            metrics,
+            ceiling: None,
+            kafka_floor: None,
+            ratio: None,
+            target: spec.target.clone(),
+            verdict: String::new(),
+            notes: Vec::new(),
+        };
+        if matches!(spec.plan, Plan::Backlog(_)) {
+            result.notes.push(
+                "backlog run: latency counts from production, before the processor started, so it measures queueing, not the pipeline".into(),
+            );
+        }
+        if !result.complete {
+            result.notes.push(if stalled {
+                format!(
+                    "only {delivered} of {expected} healthy deliveries arrived: none for {stall:?}, run ended"
+                )
+            } else {
+                format!(
+                    "only {delivered} of {expected} healthy deliveries arrived within {:?} of ready",
+                    spec.deadline
+                )
+            });
+        }
+
+        // The raw ceiling for this run's concurrency and mode (measured once, reused).
+        let (origins, conc) = self.concurrency(spec);
+        let key = format!("{origins} {conc} {:?}", spec.ceiling);
+        if !self.ceilings.contains_key(&key) {
+            eprintln!(
+                "[bench] {}: ceiling, plain reqwest, concurrency {conc} over {origins} endpoints, {:?}",
+                spec.id, spec.ceiling
+            );
+            let c = ceiling::run(&self.receiver, origins, conc, spec.ceiling).await?;
+            self.ceilings.insert(key.clone(), c);
+        }
+        let c = self.ceilings[&key].clone();
+        if matches!(spec.ceiling, ceiling::Mode::Closed { .. }) && c.rate > 0.0 {
+            result.ratio = Some(result.window.rate / c.rate);
+        }
+        result.ceiling = Some(c);
+
+        // The Kafka floor of latency runs (measured once per rate, reused).
+        if let Plan::Paced { rate, secs } = spec.plan {
+            let secs = secs.min(10.0);
+            let key = format!("floor {rate} {secs}");
+            if !self.floors.contains_key(&key) {
+                eprintln!(
+                    "[bench] {}: Kafka floor, {rate:.0} events/s for {secs:.0} s, plain consumer",
+                    spec.id
+                );
+                let f = floor::run(
+                    &self.args.bootstrap_servers,
+                    &self.producer,
+                    self.args.partitions,
+                    rate,
+                    secs,
+                )
+                .await?;
+                self.floors.insert(key.clone(), f);
+            }
+            result.kafka_floor = Some(self.floors[&key].clone());
+        }
+        Ok(result)
+    }
+}
+
+/// The processor's configuration file: only the settings the bench chooses, so the processor's
+/// own defaults apply to everything else (and a processor binary built from another commit
+/// still accepts it).
+fn processor_toml(c: &Config) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let mut out = String::new();
+    out.push_str("[kafka]\n");
+    out.push_str(&format!(
+        "bootstrap_servers = {}\n",
+        q(&c.kafka.bootstrap_servers)
+    ));
+    out.push_str(&format!("group_id = {}\n", q(&c.kafka.group_id)));
+    out.push_str(&format!("client_id = {}\n", q(&c.kafka.client_id)));
+    out.push_str("\n[topics]\n");
+    for (setting, name) in c.topics.all() {
+        let key = setting.trim_start_matches("topics.");
+        out.push_str(&format!("{key} = {}\n", q(name)));
+    }
+    out.push_str("\n[http]\n");
+    if let Some(ca) = &c.http.ca_bundle {
+        out.push_str(&format!("ca_bundle = {}\n", q(&ca.display().to_string())));
+    }
+    out.push_str(&format!(
+        "connect_timeout_ms = {}\nrequest_timeout_ms = {}\n",
+        c.http.connect_timeout_ms, c.http.request_timeout_ms
+    ));
+    out.push_str("\n[delivery]\n");
+    out.push_str(&format!(
+        "max_in_flight = {}\nmax_in_flight_per_endpoint = {}\nshutdown_deadline_secs = {}\n",
+        c.delivery.max_in_flight,
+        c.delivery.max_in_flight_per_endpoint,
+        c.delivery.shutdown_deadline_secs
+    ));
+    out.push_str("\n[admin]\n");
+    out.push_str(&format!("listen = {}\n", q(&c.admin.listen)));
+    out
+}
+
+/// Fills in the verdicts once every run is done (d is judged against a).
+fn judge(results: &mut [RunResult], smoke: bool) {
+    let a_rate = results.iter().find(|r| r.id == "a").map(|r| r.window.rate);
+    let c_p99 = results.iter().find(|r| r.id == "c").map(|r| r.latency.p99);
+    for r in results.iter_mut() {
+        let verdict = match r.id.as_str() {
+            _ if smoke => "smoke: not judged".to_string(),
+            _ if !r.complete && r.id != "d-rate" => "INCOMPLETE".to_string(),
+            "a" => met(r.window.rate >= 20_000.0),
+            "b" => met(r.window.rate >= 25_000.0),
+            "c" | "d-latency" => met(r.latency.p99 <= 20.0),
+            "d-rate" => match a_rate {
+                Some(a) if a > 0.0 => {
+                    let share = r.window.rate / a;
+                    r.notes.push(format!(
+                        "healthy rate is {:.0} % of a's {:.0}/s",
+                        share * 100.0,
+                        a
+                    ));
+                    met(share >= 0.9 && r.complete)
+                }
+                _ => "n/a (run a too)".into(),
+            },
+            "e" => {
+                let load = r.load_seconds_metric.unwrap_or(r.start_to_ready_secs);
+                met(load <= 5.0 && r.rss_peak_mb.is_some_and(|m| m <= 300.0))
+            }
+            _ => String::new(),
+        };
+        if r.id == "d-latency" {
+            if let Some(c) = c_p99 {
+                r.notes.push(format!(
+                    "healthy p99 {:.1} ms vs c's {:.1} ms",
+                    r.latency.p99, c
+                ));
+            }
+        }
+        r.verdict = verdict;
+    }
+}
+
+fn met(ok: bool) -> String {
+    if ok { "met" } else { "MISSED" }.to_string()
+}
+
+async fn main_async(args: Args) -> Result<bool> {
+    let work_dir = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("mgpass-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let bin = match &args.processor_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench binary has no directory")?
+            .join("mgpass-webhooks"),
+    };
+    if !bin.is_file() {
+        bail!(
+            "processor binary {} not found: build it (cargo build --release) or pass --processor-bin",
+            bin.display()
+        );
+    }
+    let receiver = Receiver::start(args.endpoints.max(1), 1, args.alpn).await?;
+    let ca_file = work_dir.join("ca.pem");
+    std::fs::write(&ca_file, receiver.ca_pem())?;
+    let producer = load::producer(&args.bootstrap_servers, args.producer_linger_ms)?;
+    let specs = specs(&args);
+    if specs.is_empty() {
+        bail!("no scenario selected");
+    }
+    eprintln!(
+        "[bench] {} run(s); processor {}; work dir {}",
+        specs.len(),
+        bin.display(),
+        work_dir.display()
+    );
+    let mut bench = Bench {
+        args,
+        receiver,
+        ca_file,
+        work_dir,
+        bin,
+        producer,
+        ceilings: HashMap::new(),
+        floors: HashMap::new(),
+    };
+    let mut results = Vec::new();
+    let mut failed = false;
+    for spec in &specs {
+        match bench.run(spec).await {
+            Ok(r) => {
+                eprintln!("{}", report::details(&r));
+                if r.id != "warmup" {
+                    results.push(r);
+                }
+            }
+            Err(e) => {
+                eprintln!("[bench] {} FAILED: {e:#}", spec.id);
+                failed = true;
+            }
+        }
+    }
+    judge(&mut results, bench.args.smoke);
+    for r in &results {
+        // d-rate may legitimately end before all healthy deliveries arrive: that is its finding.
+        if !r.complete && r.id != "d-rate" {
+            failed = true;
+        }
+        if r.duplicates > 0 || r.bad_signatures > 0 || r.unstamped > 0 {
+            eprintln!(
+                "[bench] {}: {} duplicates, {} bad signatures, {} unstamped requests",
+                r.id, r.duplicates, r.bad_signatures, r.unstamped
+            );
+        }
+        if r.bad_signatures > 0 {
+            failed = true;
+        }
+    }
+    println!();
+    println!("{}", report::text_table(&results));
+    if bench.args.markdown {
+        println!("{}", report::markdown_table(&results));
+    }
+    if let Some(path) = &bench.args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!(
+        "[bench] processor logs and configs in {}",
+        bench.work_dir.display()
+    );
+    Ok(!failed)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mgpass-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("mgpass-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

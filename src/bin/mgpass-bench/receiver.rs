@@ -1,0 +1,411 @@
+//! The benchmark's webhook receiver: HTTPS (HTTP/2 and HTTP/1.1, ALPN configurable) on several
+//! `127.0.0.1` listeners with a certificate issued by a throw-away CA. Each listener is its own
+//! origin (the processor limits concurrency per origin), and is either *healthy* (answers
+//! `200` at once) or *hanging* (never answers; the client gives up at its timeout).
+//!
+//! A healthy request is measured on arrival: the end-to-end latency is "now" minus the
+//! `data.sent_us` the producer stamped into the event (Unix microseconds; below 2^53 so the body
+//! stays exact for JavaScript), its `X-Webhook-Id` is checked for duplicates, and when the path is
+//! `/s/<n>` its `X-Webhook-Signature` is verified with [`secret_for`]`(n)`. Counting happens
+//! after recording, so a waiter that sees the count also sees the record.
+//!
+//! Unlike the tests' receiver it keeps no bodies: it must stay cheap at tens of thousands of
+//! requests per second on the same two cores as the processor and the broker.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The secret of benchmark subscription number `n` (its URL path is `/s/<n>`).
+pub fn secret_for(n: u64) -> String {
+    format!("bench-secret-{n:08}")
+}
+
+/// Unix time in microseconds.
+pub fn unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Which protocols the listeners offer in the TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Alpn {
+    /// `h2` then `http/1.1` (what most HTTPS servers offer; reqwest then picks HTTP/2).
+    Both,
+    /// HTTP/2 only.
+    H2,
+    /// HTTP/1.1 only (reqwest then opens a connection per concurrent request).
+    Http1,
+}
+
+/// What a set of requests looked like; taken with [`Receiver::take`].
+pub struct Recording {
+    /// End-to-end latency in microseconds, healthy requests only.
+    pub latency_us: Histogram<u64>,
+    /// Arrival times of healthy requests, in order.
+    pub arrivals: Vec<Instant>,
+    pub healthy: u64,
+    pub duplicates: u64,
+    pub bad_signatures: u64,
+    /// Healthy requests whose body had no readable `sent_us`.
+    pub unstamped: u64,
+    /// Requests to hanging listeners.
+    pub hung: u64,
+    seen: HashSet<u64>,
+}
+
+impl Recording {
+    fn new() -> Recording {
+        Recording {
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
+            arrivals: Vec::new(),
+            healthy: 0,
+            duplicates: 0,
+            bad_signatures: 0,
+            unstamped: 0,
+            hung: 0,
+            seen: HashSet::new(),
+        }
+    }
+
+    pub fn last(&self) -> Option<Instant> {
+        self.arrivals.last().copied()
+    }
+}
+
+struct Shared {
+    cancel: CancellationToken,
+    /// Healthy requests recorded since the last [`Receiver::take`] (distinct ones).
+    healthy: AtomicU64,
+    hung: AtomicU64,
+    rec: Mutex<Recording>,
+}
+
+/// The running receiver; dropping it stops every listener and connection.
+pub struct Receiver {
+    shared: Arc<Shared>,
+    healthy: Vec<SocketAddr>,
+    hanging: Vec<SocketAddr>,
+    ca_pem: String,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        for l in &self.listeners {
+            l.abort();
+        }
+    }
+}
+
+impl Receiver {
+    /// Starts `healthy` answering listeners and `hanging` never-answering ones.
+    pub async fn start(healthy: usize, hanging: usize, alpn: Alpn) -> Result<Receiver> {
+        let tls = Tls::generate()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS versions")?
+            .with_no_client_auth()
+            .with_single_cert(vec![tls.leaf_der.clone()], tls.leaf_key())
+            .context("server certificate")?;
+        config.alpn_protocols = match alpn {
+            Alpn::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Alpn::H2 => vec![b"h2".to_vec()],
+            Alpn::Http1 => vec![b"http/1.1".to_vec()],
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let shared = Arc::new(Shared {
+            cancel: CancellationToken::new(),
+            healthy: AtomicU64::new(0),
+            hung: AtomicU64::new(0),
+            rec: Mutex::new(Recording::new()),
+        });
+        let mut r = Receiver {
+            shared: shared.clone(),
+            healthy: Vec::new(),
+            hanging: Vec::new(),
+            ca_pem: tls.ca_pem,
+            listeners: Vec::new(),
+        };
+        for i in 0..healthy + hanging {
+            let hang = i >= healthy;
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding a receiver listener")?;
+            let addr = listener.local_addr()?;
+            if hang {
+                r.hanging.push(addr);
+            } else {
+                r.healthy.push(addr);
+            }
+            r.listeners.push(tokio::spawn(accept_loop(
+                listener,
+                acceptor.clone(),
+                shared.clone(),
+                hang,
+            )));
+        }
+        Ok(r)
+    }
+
+    /// `https://127.0.0.1:PORT/s/<n>` on healthy listener `listener` (modulo their number).
+    pub fn healthy_url(&self, listener: usize, n: u64) -> String {
+        let a = self.healthy[listener % self.healthy.len()];
+        format!("https://127.0.0.1:{}/s/{n}", a.port())
+    }
+
+    /// `https://127.0.0.1:PORT/s/<n>` on the first hanging listener.
+    pub fn hanging_url(&self, n: u64) -> String {
+        let a = self.hanging.first().expect("a hanging listener");
+        format!("https://127.0.0.1:{}/s/{n}", a.port())
+    }
+
+    pub fn healthy_listeners(&self) -> usize {
+        self.healthy.len()
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Distinct healthy requests recorded since the last [`Receiver::take`].
+    pub fn healthy_count(&self) -> u64 {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn hung_count(&self) -> u64 {
+        self.shared.hung.load(Ordering::Relaxed)
+    }
+
+    /// Returns what was recorded so far and starts a fresh recording.
+    pub fn take(&self) -> Recording {
+        let mut rec = self.shared.rec.lock().expect("recording lock");
+        let mut out = std::mem::replace(&mut *rec, Recording::new());
+        out.hung = self.shared.hung.swap(0, Ordering::Relaxed);
+        self.shared.healthy.store(0, Ordering::Release);
+        out
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    hang: bool,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
+            else {
+                return;
+            };
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move {
+                    if hang {
+                        handle_hang(shared, req).await
+                    } else {
+                        handle_healthy(shared, req).await
+                    }
+                }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Far above any per-endpoint limit the processor is run with.
+            builder.http2().max_concurrent_streams(4096);
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle_healthy(
+    shared: Arc<Shared>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return Ok(response(400));
+    };
+    let now_us = unix_us();
+    let arrived = Instant::now();
+    let sent_us = stamp(&body);
+    let id_hash = parts.headers.get("x-webhook-id").map(|v| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v.as_bytes().hash(&mut h);
+        h.finish()
+    });
+    let signature_ok = parts
+        .uri
+        .path()
+        .strip_prefix("/s/")
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(|n| {
+            verify(
+                secret_for(n).as_bytes(),
+                &body,
+                parts.headers.get("x-webhook-signature"),
+            )
+        });
+    {
+        let mut rec = shared.rec.lock().expect("recording lock");
+        let fresh = match id_hash {
+            Some(h) => rec.seen.insert(h),
+            None => true,
+        };
+        if !fresh {
+            rec.duplicates += 1;
+        } else {
+            if signature_ok == Some(false) {
+                rec.bad_signatures += 1;
+            }
+            match sent_us {
+                Some(sent) => {
+                    let lat = (now_us - sent).max(1) as u64;
+                    rec.latency_us.saturating_record(lat);
+                }
+                None => rec.unstamped += 1,
+            }
+            // Taken under the lock, so arrivals are in order.
+            let last = rec.last().unwrap_or(arrived);
+            rec.arrivals.push(arrived.max(last));
+            rec.healthy += 1;
+            shared.healthy.fetch_add(1, Ordering::Release);
+        }
+    }
+    Ok(response(200))
+}
+
+async fn handle_hang(
+    shared: Arc<Shared>,
+    _req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    shared.hung.fetch_add(1, Ordering::Relaxed);
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        _ = shared.cancel.cancelled() => {}
+    }
+    Ok(response(503))
+}
+
+fn response(code: u16) -> hyper::Response<Full<Bytes>> {
+    let mut r = hyper::Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = hyper::StatusCode::from_u16(code).expect("valid status code");
+    r
+}
+
+/// `data.sent_us` of a webhook body, read without parsing the JSON.
+pub fn stamp(body: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"sent_us\":";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits: &[u8] = &body[at..];
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+/// The guide's check: lowercase hex HMAC-SHA256 of the body, compared in full.
+fn verify(secret: &[u8], body: &[u8], signature: Option<&hyper::header::HeaderValue>) -> bool {
+    let Some(signature) = signature else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes()).as_bytes() == signature.as_bytes()
+}
+
+/// A CA and a leaf certificate for `127.0.0.1` and `localhost` that it signed.
+struct Tls {
+    ca_pem: String,
+    leaf_der: CertificateDer<'static>,
+    leaf_key_der: Vec<u8>,
+}
+
+impl Tls {
+    fn generate() -> Result<Tls> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "mgpass-bench CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf.use_authority_key_identifier_extension = true;
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = KeyPair::generate()?;
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+        Ok(Tls {
+            ca_pem: ca_cert.pem(),
+            leaf_der: leaf_cert.der().clone(),
+            leaf_key_der: leaf_key.serialize_der(),
+        })
+    }
+
+    fn leaf_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_stamp_without_parsing() {
+        assert_eq!(
+            stamp(br#"{"data":{"seq":1,"sent_us":1764200000123456},"x":1}"#),
+            Some(1764200000123456)
+        );
+        assert_eq!(stamp(br#"{"data":{}}"#), None);
+    }
+}
