@@ -16,26 +16,8 @@ set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
-KAFKA_SH="${SCRIPT_DIR}/kafka.sh"
-
-export KAFKA_PORT="${KAFKA_PORT:-9092}"
-
-port_open() {
-  # shellcheck disable=SC2016  # $1 is expanded by the inner bash
-  timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" >/dev/null 2>&1
-}
-
-started_broker=0
-cleanup() {
-  local rc=$?
-  if [[ "${started_broker}" == 1 ]]; then
-    bash "${KAFKA_SH}" stop || true
-  fi
-  exit "${rc}"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=scripts/broker-lib.sh
+source "${SCRIPT_DIR}/broker-lib.sh"
 
 cd "${REPO_ROOT}"
 for arg in "$@"; do
@@ -47,12 +29,7 @@ done
 
 cargo build --release --bins
 
-if port_open "${KAFKA_PORT}"; then
-  echo "[bench.sh] Using the Kafka broker already listening on 127.0.0.1:${KAFKA_PORT}" >&2
-else
-  started_broker=1
-  bash "${KAFKA_SH}" start
-fi
+ensure_broker bench.sh
 
 # Report the broker's CPU too when it is ours (scripts/kafka.sh keeps its pid).
 broker_args=()

@@ -11,33 +11,9 @@ set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
-KAFKA_SH="${SCRIPT_DIR}/kafka.sh"
-
-export KAFKA_PORT="${KAFKA_PORT:-9092}"
-
-port_open() {
-  # shellcheck disable=SC2016  # $1 is expanded by the inner bash
-  timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" >/dev/null 2>&1
-}
-
-started_broker=0
-cleanup() {
-  local rc=$?
-  if [[ "${started_broker}" == 1 ]]; then
-    bash "${KAFKA_SH}" stop || true
-  fi
-  exit "${rc}"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-if port_open "${KAFKA_PORT}"; then
-  echo "[test.sh] Using the Kafka broker already listening on 127.0.0.1:${KAFKA_PORT}" >&2
-else
-  started_broker=1
-  bash "${KAFKA_SH}" start
-fi
+# shellcheck source=scripts/broker-lib.sh
+source "${SCRIPT_DIR}/broker-lib.sh"
+ensure_broker test.sh
 
 export MGPASS_TEST_BOOTSTRAP="127.0.0.1:${KAFKA_PORT}"
 echo "[test.sh] MGPASS_TEST_BOOTSTRAP=${MGPASS_TEST_BOOTSTRAP}" >&2
