@@ -21,8 +21,13 @@ echo "[test.sh] MGPASS_TEST_BOOTSTRAP=${MGPASS_TEST_BOOTSTRAP}" >&2
 cd "${REPO_ROOT}"
 # set -e makes a failing `cargo test` exit with its status; the EXIT trap
 # keeps that status after stopping the broker.
-rm -f target/tmp/*-report.txt
-cargo test "$@"
+mkdir -p target/tmp
+rm -f target/tmp/*-report.txt target/tmp/test-summary.txt
+cargo test "$@" 2>&1 | tee target/tmp/test-output.txt
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' target/tmp/test-output.txt \
+  | tee target/tmp/test-summary.txt
 for report in target/tmp/*-report.txt; do
   if [[ -e "${report}" ]]; then
     echo "[test.sh] $(basename "${report}"): $(cat "${report}")"
