@@ -180,59 +180,50 @@ impl Engine {
             .error
             .clone()
             .or_else(|| result.status.map(|s| format!("HTTP {s}")));
-        match after_failure(task.attempt) {
-            AfterFailure::Retry(tier) => {
-                let due = now_ms() + tier.delay_ms();
-                let log = self.log_record(
-                    &task,
-                    result.outcome.as_str(),
-                    result.status,
-                    error.clone(),
-                    duration_ms,
-                    attempted_at,
-                    Some(due),
-                );
+        let next = match after_failure(task.attempt) {
+            AfterFailure::Retry(tier) => Some((tier, now_ms() + tier.delay_ms())),
+            AfterFailure::Exhausted => None,
+        };
+        let log = self.log_record(
+            &task,
+            result.outcome.as_str(),
+            result.status,
+            error.clone(),
+            duration_ms,
+            attempted_at,
+            next.map(|(_, due)| due),
+        );
+        outputs.push(self.log_output(&log)?);
+        let rest = DeliveryTask {
+            last_error: error,
+            last_status: result.status,
+            ..task
+        };
+        match next {
+            Some((tier, due)) => {
                 debug!(
-                    delivery_id = %task.delivery_id, attempt = task.attempt,
+                    delivery_id = %rest.delivery_id, attempt = rest.attempt,
                     outcome = result.outcome.as_str(), tier = tier.as_str(),
                     "attempt failed; retry scheduled"
                 );
-                let next = DeliveryTask {
-                    attempt: task.attempt + 1,
+                let retry = DeliveryTask {
+                    attempt: rest.attempt + 1,
                     due_at_ms: due,
-                    last_error: error,
-                    last_status: result.status,
-                    ..task
+                    ..rest
                 };
-                outputs.push(self.log_output(&log)?);
-                outputs.push(self.task_output(self.tier_topic(tier), &next)?);
+                outputs.push(self.task_output(self.tier_topic(tier), &retry)?);
                 self.metrics
                     .retries_scheduled
                     .with_label_values(&[tier.as_str()])
                     .inc();
             }
-            AfterFailure::Exhausted => {
+            None => {
                 warn!(
-                    delivery_id = %task.delivery_id, subscription = %task.subscription_id,
-                    attempt = task.attempt, outcome = result.outcome.as_str(),
+                    delivery_id = %rest.delivery_id, subscription = %rest.subscription_id,
+                    attempt = rest.attempt, outcome = result.outcome.as_str(),
                     "delivery failed after its last attempt"
                 );
-                let log = self.log_record(
-                    &task,
-                    result.outcome.as_str(),
-                    result.status,
-                    error.clone(),
-                    duration_ms,
-                    attempted_at,
-                    None,
-                );
-                let failed = DeliveryTask {
-                    last_error: error,
-                    last_status: result.status,
-                    ..task
-                };
-                outputs.push(self.log_output(&log)?);
-                outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
+                outputs.push(self.task_output(&self.config.topics.failed, &rest)?);
                 self.metrics.deliveries.with_label_values(&["failed"]).inc();
             }
         }
