@@ -66,8 +66,9 @@ impl Engine {
         let key = sub.url.origin().ascii_serialization();
         let mut map = self.endpoints.lock().expect("endpoint map poisoned");
         map.entry(key)
-            .or_insert_with(|| {
+            .or_insert_with_key(|key| {
                 Arc::new(EndpointGate::new(
+                    key.clone(),
                     self.config.delivery.max_in_flight_per_endpoint,
                 ))
             })
@@ -104,6 +105,14 @@ impl Engine {
             ))
             .await
         else {
+            if gate.mark_stalled(true) {
+                warn!(
+                    endpoint = %gate.origin,
+                    in_flight = gate.limit,
+                    "endpoint stalled: every connection busy and none freed in time; its attempts \
+                     fail as endpoint_saturated until one is"
+                );
+            }
             let result = AttemptResult {
                 outcome: Outcome::EndpointSaturated,
                 status: None,
@@ -115,6 +124,9 @@ impl Engine {
             };
             return self.record(task, result, now_ms()).await;
         };
+        if gate.mark_stalled(false) {
+            info!(endpoint = %gate.origin, "endpoint no longer stalled");
+        }
         let _global_permit = self
             .global
             .clone()
@@ -128,7 +140,7 @@ impl Engine {
             .client
             .send(Request {
                 url: &sub.url,
-                body: task.body.clone().into(),
+                body: task.body.to_bytes(),
                 signature: &signature,
                 delivery_id: &task.delivery_id,
                 attempt: task.attempt,
@@ -306,7 +318,8 @@ impl Engine {
             return Vec::new();
         }
         let body = crate::body::build_body(&event.event_type, &event.data, &event.timestamp);
-        let body = String::from_utf8(body).expect("the body builder writes UTF-8");
+        let body =
+            super::Body::from(String::from_utf8(body).expect("the body builder writes UTF-8"));
         let key = event.idempotency_key();
         let now = now_ms();
         subscriptions
@@ -331,26 +344,41 @@ impl Engine {
 /// The concurrency limit of one endpoint (URL origin) and what tells a busy endpoint from a
 /// stalled one: when it last let a request start, its recent request duration and its queue.
 struct EndpointGate {
+    /// The URL origin this gate limits (for logs).
+    origin: String,
+    /// Whether the last decision was a refusal, to log transitions only.
+    stalled: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
     limit: u64,
     /// Milliseconds since `epoch` at the last grant of a connection slot.
     last_grant_ms: AtomicU64,
     /// Moving average of request durations, microseconds.
     latency_us: AtomicU64,
+    /// Request durations folded into `latency_us`.
+    samples: AtomicU64,
     waiting: AtomicU64,
     epoch: Instant,
 }
 
 impl EndpointGate {
-    fn new(limit: usize) -> Self {
+    fn new(origin: String, limit: usize) -> Self {
         EndpointGate {
+            origin,
+            stalled: std::sync::atomic::AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(limit)),
             limit: limit.max(1) as u64,
             last_grant_ms: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    /// Records whether the endpoint is refusing attempts; true when that changed.
+    fn mark_stalled(&self, stalled: bool) -> bool {
+        self.stalled.load(Ordering::Relaxed) != stalled
+            && self.stalled.swap(stalled, Ordering::AcqRel) != stalled
     }
 
     fn granted(&self) {
@@ -368,11 +396,20 @@ impl EndpointGate {
             old - old / 8 + sample / 8
         };
         self.latency_us.store(new, Ordering::Release);
+        self.samples.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Every slot is busy and the wait for one would exceed `stall`: no slot was granted for
     /// that long (requests hang), or the queue ahead, at the recent request duration, takes
     /// longer than that to drain (requests are slower than the traffic for this endpoint).
+    ///
+    /// The queue estimate applies only to a *slow* endpoint: one whose requests take more than a
+    /// quarter of `stall` on average, over at least `limit` completed requests. A fast endpoint
+    /// with a long queue is making progress (a backlog being caught up puts thousands of
+    /// records for one partner in line) and is waited for; and the first requests, which
+    /// include connection set-up while the whole backlog starts at once, do not count. Until
+    /// then only the "nothing granted for `stall`" rule applies, which a hanging endpoint meets
+    /// anyway.
     fn stalled(&self, stall: Duration) -> bool {
         if self.permits.available_permits() > 0 {
             return false;
@@ -380,10 +417,15 @@ impl EndpointGate {
         let stall_us = stall.as_micros() as u64;
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         let idle_us = now_ms.saturating_sub(self.last_grant_ms.load(Ordering::Acquire)) * 1000;
-        let queue_us = self.waiting.load(Ordering::Acquire)
-            * self.latency_us.load(Ordering::Acquire).max(idle_us)
-            / self.limit;
-        idle_us > stall_us || queue_us > stall_us
+        if idle_us > stall_us {
+            return true;
+        }
+        let latency_us = self.latency_us.load(Ordering::Acquire);
+        if self.samples.load(Ordering::Acquire) < self.limit || latency_us <= stall_us / 4 {
+            return false;
+        }
+        let queue_us = self.waiting.load(Ordering::Acquire) * latency_us / self.limit;
+        queue_us > stall_us
     }
 
     /// A connection slot, waiting in line while the wait stays under `stall`; `None` as soon as
@@ -450,7 +492,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_endpoint_is_waited_for_and_a_stalled_one_refused() {
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new(1));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1));
         let first = gate.acquire(stall).await.expect("a free connection");
         // Busy but progressing: the waiter gets the slot when it frees up.
         let waiter = tokio::spawn({
@@ -485,7 +527,7 @@ mod tests {
     #[tokio::test]
     async fn a_queue_slower_to_drain_than_the_stall_time_is_refused() {
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new(1));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1));
         gate.observe(Duration::from_millis(300));
         let _busy = gate.acquire(stall).await.expect("a free connection");
         // One waiter ahead of nobody: 1 × 300 ms / 1 connection > 200 ms.
@@ -498,5 +540,64 @@ mod tests {
             "refused once the queue estimate exceeds the stall time"
         );
         assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn slow_first_requests_do_not_make_a_busy_endpoint_stalled() {
+        // Connection set-up makes the first requests slow; until `limit` requests have completed
+        // only "nothing granted for the stall time" counts.
+        let stall = Duration::from_millis(200);
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 2));
+        let a = gate.acquire(stall).await.expect("slot 1");
+        let b = gate.acquire(stall).await.expect("slot 2");
+        gate.observe(Duration::from_secs(5));
+        let waiters: Vec<_> = (0..6)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    let permit = gate.acquire(stall).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    permit.is_some()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop((a, b));
+        for w in waiters {
+            assert!(w.await.unwrap(), "a waiter got a slot");
+        }
+        // Once `limit` requests have completed, the estimate applies: 6 waiting × 5 s / 2.
+        gate.observe(Duration::from_secs(5));
+        let _held = (gate.acquire(stall).await, gate.acquire(stall).await);
+        gate.waiting.store(6, Ordering::Release);
+        assert!(gate.stalled(stall), "queue estimate now counts");
+    }
+
+    #[tokio::test]
+    async fn a_fast_endpoint_with_a_long_queue_is_waited_for() {
+        let stall = Duration::from_millis(200);
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1));
+        gate.observe(Duration::from_millis(10));
+        let _busy = gate.acquire(stall).await.expect("a free connection");
+        gate.waiting.store(1_000, Ordering::Release);
+        assert!(
+            !gate.stalled(stall),
+            "10 ms requests: progressing, not stalled"
+        );
+        gate.observe(Duration::from_secs(2));
+        gate.observe(Duration::from_secs(2));
+        assert!(
+            gate.stalled(stall),
+            "slow requests and a long queue: stalled"
+        );
+    }
+
+    #[test]
+    fn stall_transitions_are_reported_once() {
+        let gate = EndpointGate::new("https://test".into(), 1);
+        assert!(gate.mark_stalled(true));
+        assert!(!gate.mark_stalled(true));
+        assert!(gate.mark_stalled(false));
+        assert!(!gate.mark_stalled(false));
     }
 }

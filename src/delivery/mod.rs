@@ -13,7 +13,10 @@ pub mod http;
 pub mod offsets;
 pub mod retry;
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::processor::SourceRef;
@@ -104,6 +107,66 @@ impl From<&SourceRef> for Source {
     }
 }
 
+/// A webhook body: the exact UTF-8 JSON text that is signed and sent. Built once per event and
+/// shared by every delivery of it (a clone is a reference count), handed to the HTTP client
+/// without copying, and written as a JSON string in task records.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Body(Arc<str>);
+
+impl Body {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The body as HTTP request bytes, sharing this body's memory.
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from_owner(self.clone())
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Body(s.into())
+    }
+}
+
+impl From<&str> for Body {
+    fn from(s: &str) -> Self {
+        Body(s.into())
+    }
+}
+
+impl Serialize for Body {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Body::from)
+    }
+}
+
 /// Everything a later attempt needs: the value of retry, replay and failed records. The body is
 /// kept byte-exact (it is UTF-8 JSON, stored as a string); the secret is not: each attempt signs
 /// with the subscription as it is then.
@@ -113,7 +176,7 @@ pub struct DeliveryTask {
     pub subscription_id: String,
     pub event_type: String,
     pub idempotency_key: String,
-    pub body: String,
+    pub body: Body,
     /// Number of the attempt this task is for (1-based).
     pub attempt: u32,
     /// Not to be attempted before this time (Unix milliseconds).
@@ -234,6 +297,16 @@ mod tests {
         };
         let json = serde_json::to_vec(&t).unwrap();
         assert_eq!(serde_json::from_slice::<DeliveryTask>(&json).unwrap(), t);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            value["body"], "{\"event_type\":\"é\"}",
+            "the body is a JSON string"
+        );
+        assert_eq!(
+            &t.body.to_bytes()[..],
+            t.body.as_bytes(),
+            "request bytes = body"
+        );
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
     }
 }

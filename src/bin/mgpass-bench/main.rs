@@ -39,6 +39,11 @@ use crate::child::Processor;
 use crate::receiver::{secret_for, Alpn, Receiver};
 use crate::report::{LatencyMs, RunResult, Window};
 
+/// The same allocator as the processor: the receiver and the ceiling client allocate per request,
+/// and the system allocator's arena locks would make the bench, not the processor, the bottleneck.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum Scenario {
     /// Throughput: a backlog of events, one matching subscription each.
