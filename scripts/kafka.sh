@@ -12,7 +12,7 @@
 #   KAFKA_PORT             PLAINTEXT listener port                (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener port         (default 9093)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to come up (default 120)
-#   KAFKA_HEAP_OPTS        JVM heap options           (default -Xms256m -Xmx768m)
+#   KAFKA_HEAP_OPTS        JVM heap options           (default -Xms1g -Xmx1g, as Kafka's own start script)
 #   JAVA_HOME              if set, $JAVA_HOME/bin/java is used, else `java` on PATH
 #
 # Note: the ports are baked into the KRaft metadata when storage is formatted;
@@ -37,7 +37,7 @@ DATA_DIR="${KAFKA_DATA_DIR:-${REPO_ROOT}/.local/kafka}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
-HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
+HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}"
 
 CONFIG_FILE="${DATA_DIR}/server.properties"
 LOG4J_FILE="${DATA_DIR}/log4j2.properties"
@@ -320,9 +320,13 @@ cmd_start() {
   fi
   # The inner bash writes its own pid and then execs java, so the pid file
   # holds the JVM's pid even if setsid had to fork.
+  # JVM options as Kafka's own kafka-run-class.sh sets them (G1 with a 20 ms pause goal), and its
+  # default 1 GB heap: with 256-768 MB, young collections came every 2 s or so under the
+  # benchmark's load and each held fetches up for 15-20 ms (docs/benchmarks.md).
   # shellcheck disable=SC2016,SC2086  # $$ is for the inner shell; HEAP_OPTS is word-split on purpose
   nohup "${launcher[@]}" bash -c 'echo "$$" >"$1"; shift; exec "$@"' _ "${PID_FILE}" \
-    "${JAVA}" ${HEAP_OPTS} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    "${JAVA}" ${HEAP_OPTS} -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="${LOG4J_FILE}" \
     -cp "$(java_cp)" kafka.Kafka "${CONFIG_FILE}" \
     </dev/null >"${CONSOLE_LOG}" 2>&1 &

@@ -8,7 +8,7 @@
 //! commit only when the engine has its outputs acknowledged, through the contiguous-prefix
 //! [`OffsetTracker`]. A record that is not a delivery task is logged, counted and skipped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ pub struct TaskConsumer {
     topic: String,
     engine: Arc<Engine>,
     shutdown_deadline: Duration,
+    /// Partitions this consumer paused. Pause and resume are called on changes only: each
+    /// call is a librdkafka operation that also discards the partition's prefetched records
+    /// (to be fetched again), so repeating them per polled record cost CPU and broker fetches.
+    paused: HashSet<i32>,
 }
 
 struct Held {
@@ -56,6 +60,7 @@ impl TaskConsumer {
             topic: topic.to_string(),
             engine,
             shutdown_deadline: Duration::from_secs(config.delivery.shutdown_deadline_secs),
+            paused: HashSet::new(),
         })
     }
 
@@ -66,6 +71,8 @@ impl TaskConsumer {
         info!(topic = %self.topic, "consuming delivery tasks");
         let in_flight = InFlight::new(self.consumer.clone(), MAX_OUTSTANDING_TASKS);
         let mut held: HashMap<i32, VecDeque<Held>> = HashMap::new();
+        // Received records borrow the consumer; a handle of our own leaves `self` free.
+        let consumer = self.consumer.clone();
         loop {
             let next_due = held
                 .values()
@@ -80,7 +87,7 @@ impl TaskConsumer {
                 _ = in_flight.failed().cancelled() => break,
                 Some(ev) = self.rebalances.recv() => self.on_rebalance(in_flight.tracker(), ev, &mut held),
                 _ = tokio::time::sleep(wait), if next_due.is_some() => {}
-                msg = self.consumer.recv() => {
+                msg = consumer.recv() => {
                     while let Ok(ev) = self.rebalances.try_recv() {
                         self.on_rebalance(in_flight.tracker(), ev, &mut held);
                     }
@@ -116,7 +123,6 @@ impl TaskConsumer {
             // Start every task that is due, in partition order; resume drained partitions.
             let now = now_ms();
             for (partition, queue) in held.iter_mut() {
-                let was_waiting = !queue.is_empty();
                 while queue.front().is_some_and(|h| h.task.due_at_ms <= now) {
                     let h = queue.pop_front().expect("front exists");
                     let engine = self.engine.clone();
@@ -124,12 +130,10 @@ impl TaskConsumer {
                         .spawn(h.token, async move { engine.attempt(h.task).await })
                         .await?;
                 }
-                if was_waiting {
-                    if queue.is_empty() {
-                        self.resume(*partition);
-                    } else {
-                        self.pause(*partition);
-                    }
+                if queue.is_empty() {
+                    self.resume(*partition);
+                } else {
+                    self.pause(*partition);
                 }
             }
             held.retain(|_, q| !q.is_empty());
@@ -142,7 +146,7 @@ impl TaskConsumer {
     }
 
     fn on_rebalance(
-        &self,
+        &mut self,
         tracker: &OffsetTracker,
         ev: RebalanceEvent,
         held: &mut HashMap<i32, VecDeque<Held>>,
@@ -152,12 +156,14 @@ impl TaskConsumer {
                 for (topic, partition) in parts {
                     // Held tasks are re-read by the partition's next owner.
                     held.remove(&partition);
+                    self.paused.remove(&partition);
                     tracker.revoke(&topic, partition);
                 }
             }
             RebalanceEvent::Assigned(parts) => {
                 // The listener resumed them; re-pause those we still hold due-later tasks for.
                 for (_, partition) in parts {
+                    self.paused.remove(&partition);
                     if held.get(&partition).is_some_and(|q| !q.is_empty()) {
                         self.pause(partition);
                     }
@@ -172,13 +178,19 @@ impl TaskConsumer {
         tpl
     }
 
-    fn pause(&self, partition: i32) {
+    fn pause(&mut self, partition: i32) {
+        if !self.paused.insert(partition) {
+            return;
+        }
         if let Err(e) = self.consumer.pause(&self.partition_list(partition)) {
             warn!(topic = %self.topic, partition, error = %e, "pause failed");
         }
     }
 
-    fn resume(&self, partition: i32) {
+    fn resume(&mut self, partition: i32) {
+        if !self.paused.remove(&partition) {
+            return;
+        }
         if let Err(e) = self.consumer.resume(&self.partition_list(partition)) {
             warn!(topic = %self.topic, partition, error = %e, "resume failed");
         }

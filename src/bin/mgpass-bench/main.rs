@@ -171,6 +171,10 @@ struct Args {
     /// Keep each run's topics (they are deleted by default).
     #[arg(long)]
     keep_topics: bool,
+    /// Print each delivery slower than this many milliseconds (end to end) with its arrival
+    /// time, to see when a latency tail happens; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    log_slow_ms: f64,
     /// Also print the table as Markdown (for docs/benchmarks.md).
     #[arg(long)]
     markdown: bool,
@@ -995,6 +999,10 @@ async fn main_async(args: Args) -> Result<bool> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    receiver::LOG_SLOW_US.store(
+        (args.log_slow_ms * 1000.0).max(0.0) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

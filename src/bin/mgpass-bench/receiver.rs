@@ -39,6 +39,21 @@ pub fn secret_for(n: u64) -> String {
     format!("bench-secret-{n:08}")
 }
 
+/// Print every healthy request slower than this (end to end, microseconds) to stderr; 0 = off.
+/// A diagnostic for latency tails: the arrival times show whether slow deliveries come in bursts
+/// and when (they lined up with the broker's young-generation GC pauses, for example).
+pub static LOG_SLOW_US: AtomicU64 = AtomicU64::new(0);
+
+fn log_slow(now_us: i64, latency_us: u64, path: &str) {
+    let at = chrono::DateTime::from_timestamp_micros(now_us)
+        .map(|t| t.format("%H:%M:%S%.3f").to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "[bench] slow delivery: arrived {at} UTC, {:.1} ms after production, {path}",
+        latency_us as f64 / 1000.0
+    );
+}
+
 /// Unix time in microseconds.
 pub fn unix_us() -> i64 {
     SystemTime::now()
@@ -297,6 +312,10 @@ async fn handle_healthy(
                 Some(sent) => {
                     let lat = (now_us - sent).max(1) as u64;
                     rec.latency_us.saturating_record(lat);
+                    let slow = LOG_SLOW_US.load(Ordering::Relaxed);
+                    if slow > 0 && lat > slow {
+                        log_slow(now_us, lat, parts.uri.path());
+                    }
                 }
                 None => rec.unstamped += 1,
             }
