@@ -15,6 +15,7 @@
 //! | [`body`] | the canonical (JavaScript fixed-point) webhook body |
 //! | [`signing`] | the HMAC-SHA256 signature header |
 //! | [`processor`] | the event consume loop: decode, match, dispatch, dead-letter |
+//! | [`local_https`] | throw-away CA and HTTPS server loop for local receivers (tests, benchmark) |
 //! | [`admin_server`] | `/metrics`, liveness and readiness over HTTP |
 //! | [`metrics`] | the closed set of Prometheus metrics |
 //! | [`telemetry`] | tracing subscriber set-up |
@@ -26,6 +27,7 @@ pub mod config;
 pub mod delivery;
 pub mod events;
 pub mod kafka;
+pub mod local_https;
 pub mod matching;
 pub mod metrics;
 pub mod processor;

@@ -22,9 +22,37 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// The receiver's check from the public guide: `signature` must equal [`sign`]`(secret, body)`
+/// exactly (so uppercase hex or any length mismatch is rejected), compared in constant time like
+/// Node's `crypto.timingSafeEqual`.
+pub fn verify(secret: &[u8], body: &[u8], signature: &[u8]) -> bool {
+    let expected = sign(secret, body);
+    let expected = expected.as_bytes();
+    signature.len() == expected.len()
+        && signature
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_accepts_only_the_exact_signature() {
+        let good = sign(b"Jefe", b"body");
+        assert!(verify(b"Jefe", b"body", good.as_bytes()));
+        assert!(!verify(b"Jefe", b"body ", good.as_bytes()), "other body");
+        assert!(!verify(b"Jeff", b"body", good.as_bytes()), "other secret");
+        assert!(
+            !verify(b"Jefe", b"body", good.to_uppercase().as_bytes()),
+            "uppercase hex"
+        );
+        assert!(!verify(b"Jefe", b"body", &good.as_bytes()[..63]), "short");
+        assert!(!verify(b"Jefe", b"body", b""), "empty");
+    }
 
     #[test]
     fn rfc4231_test_vectors() {

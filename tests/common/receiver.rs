@@ -12,27 +12,22 @@
 //!   with Node itself.
 //! - Dropping the [`Receiver`] stops the server and every connection, hung requests included.
 //!
-//! The TLS stack uses the ring provider explicitly, as reqwest's `rustls-tls` does.
+//! The certificates and the HTTPS server loop are [`mgpass_webhooks::local_https`], shared with
+//! the benchmark's receiver.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::Sha256;
+use mgpass_webhooks::local_https::{self, response, Handler, LocalTls, Response};
+use mgpass_webhooks::signing;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How long a [`Behaviour::Hang`] request waits when nothing cancels it first.
@@ -121,17 +116,8 @@ impl Drop for Receiver {
 impl Receiver {
     /// An HTTPS receiver answering `default` on every path without its own behaviour.
     pub async fn start(default: Behaviour) -> Receiver {
-        let tls = TestTls::generate();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![tls.leaf_der.clone()], tls.leaf_key())
-            .expect("server certificate");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-
+        let tls = LocalTls::generate("mgpass-webhooks test CA").expect("test certificates");
+        let acceptor = tls.acceptor(&[b"h2", b"http/1.1"]).expect("TLS acceptor");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ca.pem"), &tls.ca_pem).expect("write CA file");
 
@@ -166,7 +152,11 @@ impl Receiver {
             cancel: CancellationToken::new(),
             base,
         });
-        let server = tokio::spawn(accept_loop(listener, tls, shared.clone()));
+        let handler: Handler = {
+            let shared = shared.clone();
+            Arc::new(move |req| Box::pin(handle(shared.clone(), req)))
+        };
+        let server = tokio::spawn(local_https::serve(listener, tls, 1024, handler));
         Receiver {
             shared,
             addr,
@@ -290,55 +280,11 @@ fn normalise(path: &str) -> String {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            // Reap finished connections so the set does not grow without bound.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |req| handle(shared.clone(), req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // Errors (failed handshakes, resets by clients that gave up) end the connection only.
-            match tls {
-                Some(acceptor) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                    else {
-                        return;
-                    };
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                }
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
-                }
-            }
-        });
-    }
-}
-
-async fn handle(
-    shared: Arc<Shared>,
-    req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Response {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes().to_vec(),
-        Err(_) => return Ok(response(400, b"unreadable body".to_vec())),
+        Err(_) => return response(400, &b"unreadable body"[..]),
     };
     let mut headers: HashMap<String, String> = HashMap::new();
     for (name, value) in &parts.headers {
@@ -356,10 +302,12 @@ async fn handle(
     let behaviour = {
         let mut s = shared.state.lock().unwrap();
         let signature_valid = s.secrets.get(&path).map(|secret| {
-            verify(
+            signing::verify(
                 secret,
                 &body,
-                headers.get("x-webhook-signature").map(String::as_str),
+                headers
+                    .get("x-webhook-signature")
+                    .map_or(&b""[..], |v| v.as_bytes()),
             )
         });
         s.log.push(Received {
@@ -390,7 +338,7 @@ async fn handle(
         }
     };
 
-    Ok(match behaviour {
+    match behaviour {
         Behaviour::Status(code) => status_response(code),
         Behaviour::Sequence(_) => unreachable!("resolved above"),
         Behaviour::Body(code, bytes) => response(code, bytes),
@@ -413,89 +361,20 @@ async fn handle(
                 .base
                 .join(&format!("redirected{path}"))
                 .expect("redirect URL");
-            let mut r = response(302, b"Found".to_vec());
+            let mut r = response(302, &b"Found"[..]);
             r.headers_mut().insert(
                 hyper::header::LOCATION,
                 target.as_str().parse().expect("location header"),
             );
             r
         }
-    })
+    }
 }
 
-/// The guide's check: `timingSafeEqual(Buffer.from(signature), Buffer.from(expectedHex))`,
-/// which rejects any length mismatch (and so uppercase hex compares unequal).
-fn verify(secret: &[u8], body: &[u8], signature: Option<&str>) -> bool {
-    let Some(signature) = signature else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
-    mac.update(body);
-    let expected = hex::encode(mac.finalize().into_bytes());
-    let (a, b) = (signature.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn status_response(code: u16) -> hyper::Response<Full<Bytes>> {
+fn status_response(code: u16) -> Response {
     let reason = hyper::StatusCode::from_u16(code)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Status");
-    response(code, reason.as_bytes().to_vec())
-}
-
-fn response(code: u16, body: Vec<u8>) -> hyper::Response<Full<Bytes>> {
-    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = hyper::StatusCode::from_u16(code).expect("valid status code");
-    r
-}
-
-/// A CA and a leaf certificate for `127.0.0.1` and `localhost` it signed.
-struct TestTls {
-    ca_pem: String,
-    leaf_der: CertificateDer<'static>,
-    leaf_key_der: Vec<u8>,
-}
-
-impl TestTls {
-    fn generate() -> TestTls {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "mgpass-webhooks test CA");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca, ca_key);
-
-        let mut leaf =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.use_authority_key_identifier_extension = true;
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_key = KeyPair::generate().expect("leaf key");
-        let leaf_cert = leaf
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf certificate");
-
-        TestTls {
-            ca_pem: ca_cert.pem(),
-            leaf_der: leaf_cert.der().clone(),
-            leaf_key_der: leaf_key.serialize_der(),
-        }
-    }
-
-    fn leaf_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone()))
-    }
+    response(code, reason.as_bytes())
 }

@@ -9,11 +9,11 @@
 //! `/s/<n>` its `X-Webhook-Signature` is verified with [`secret_for`]`(n)`. Counting happens
 //! after recording, so a waiter that sees the count also sees the record.
 //!
-//! Unlike the tests' receiver it keeps no bodies: it must stay cheap at tens of thousands of
+//! The certificates and the HTTPS server loop are [`mgpass_webhooks::local_https`], shared with
+//! the tests' receiver. Unlike the tests' receiver it keeps no bodies: it must stay cheap at tens of thousands of
 //! requests per second on the same two cores as the processor and the broker.
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,15 +23,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::Sha256;
+use mgpass_webhooks::local_https::{self, response, Handler, LocalTls, Response};
+use mgpass_webhooks::signing;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// The secret of benchmark subscription number `n` (its URL path is `/s/<n>`).
@@ -137,20 +133,12 @@ impl Drop for Receiver {
 impl Receiver {
     /// Starts `healthy` answering listeners and `hanging` never-answering ones.
     pub async fn start(healthy: usize, hanging: usize, alpn: Alpn) -> Result<Receiver> {
-        let tls = Tls::generate()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS versions")?
-            .with_no_client_auth()
-            .with_single_cert(vec![tls.leaf_der.clone()], tls.leaf_key())
-            .context("server certificate")?;
-        config.alpn_protocols = match alpn {
-            Alpn::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            Alpn::H2 => vec![b"h2".to_vec()],
-            Alpn::Http1 => vec![b"http/1.1".to_vec()],
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let tls = LocalTls::generate("mgpass-bench CA")?;
+        let acceptor = tls.acceptor(match alpn {
+            Alpn::Both => &[b"h2", b"http/1.1"],
+            Alpn::H2 => &[b"h2"],
+            Alpn::Http1 => &[b"http/1.1"],
+        })?;
         let shared = Arc::new(Shared {
             cancel: CancellationToken::new(),
             healthy: AtomicU64::new(0),
@@ -175,11 +163,20 @@ impl Receiver {
             } else {
                 r.healthy.push(addr);
             }
-            r.listeners.push(tokio::spawn(accept_loop(
+            let handler: Handler = {
+                let shared = shared.clone();
+                if hang {
+                    Arc::new(move |_req| Box::pin(handle_hang(shared.clone())))
+                } else {
+                    Arc::new(move |req| Box::pin(handle_healthy(shared.clone(), req)))
+                }
+            };
+            // Far above any per-endpoint limit the processor is run with.
+            r.listeners.push(tokio::spawn(local_https::serve(
                 listener,
-                acceptor.clone(),
-                shared.clone(),
-                hang,
+                Some(acceptor.clone()),
+                4096,
+                handler,
             )));
         }
         Ok(r)
@@ -224,57 +221,10 @@ impl Receiver {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
-    shared: Arc<Shared>,
-    hang: bool,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        connections.spawn(async move {
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
-            else {
-                return;
-            };
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move {
-                    if hang {
-                        handle_hang(shared, req).await
-                    } else {
-                        handle_healthy(shared, req).await
-                    }
-                }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // Far above any per-endpoint limit the processor is run with.
-            builder.http2().max_concurrent_streams(4096);
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-async fn handle_healthy(
-    shared: Arc<Shared>,
-    req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn handle_healthy(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Response {
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-        return Ok(response(400));
+        return response(400, Bytes::new());
     };
     let now_us = unix_us();
     let arrived = Instant::now();
@@ -290,10 +240,13 @@ async fn handle_healthy(
         .strip_prefix("/s/")
         .and_then(|n| n.parse::<u64>().ok())
         .map(|n| {
-            verify(
+            signing::verify(
                 secret_for(n).as_bytes(),
                 &body,
-                parts.headers.get("x-webhook-signature"),
+                parts
+                    .headers
+                    .get("x-webhook-signature")
+                    .map_or(&b""[..], |v| v.as_bytes()),
             )
         });
     {
@@ -326,25 +279,16 @@ async fn handle_healthy(
             shared.healthy.fetch_add(1, Ordering::Release);
         }
     }
-    Ok(response(200))
+    response(200, Bytes::new())
 }
 
-async fn handle_hang(
-    shared: Arc<Shared>,
-    _req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn handle_hang(shared: Arc<Shared>) -> Response {
     shared.hung.fetch_add(1, Ordering::Relaxed);
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         _ = shared.cancel.cancelled() => {}
     }
-    Ok(response(503))
-}
-
-fn response(code: u16) -> hyper::Response<Full<Bytes>> {
-    let mut r = hyper::Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = hyper::StatusCode::from_u16(code).expect("valid status code");
-    r
+    response(503, Bytes::new())
 }
 
 /// `data.sent_us` of a webhook body, read without parsing the JSON.
@@ -357,62 +301,6 @@ pub fn stamp(body: &[u8]) -> Option<i64> {
         .position(|b| !b.is_ascii_digit())
         .unwrap_or(digits.len());
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
-}
-
-/// The guide's check: lowercase hex HMAC-SHA256 of the body, compared in full.
-fn verify(secret: &[u8], body: &[u8], signature: Option<&hyper::header::HeaderValue>) -> bool {
-    let Some(signature) = signature else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes()).as_bytes() == signature.as_bytes()
-}
-
-/// A CA and a leaf certificate for `127.0.0.1` and `localhost` that it signed.
-struct Tls {
-    ca_pem: String,
-    leaf_der: CertificateDer<'static>,
-    leaf_key_der: Vec<u8>,
-}
-
-impl Tls {
-    fn generate() -> Result<Tls> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "mgpass-bench CA");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate()?;
-        let ca_cert = ca.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca, ca_key);
-        let mut leaf =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.use_authority_key_identifier_extension = true;
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_key = KeyPair::generate()?;
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-        Ok(Tls {
-            ca_pem: ca_cert.pem(),
-            leaf_der: leaf_cert.der().clone(),
-            leaf_key_der: leaf_key.serialize_der(),
-        })
-    }
-
-    fn leaf_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone()))
-    }
 }
 
 #[cfg(test)]
