@@ -37,6 +37,18 @@ fn start(c: &Config) -> Running {
     Running { cancel, handle }
 }
 
+/// A keyed record for [`common::produce_all`].
+type Record = (Option<String>, Option<Vec<u8>>);
+
+/// Produces `subs` to the subscriptions topic and then `events` to the events topic, and starts
+/// the processor.
+async fn given(c: &Config, subs: &[Record], events: &[Record]) -> Running {
+    let producer = common::producer();
+    common::produce_all(&producer, &c.topics.subscriptions, subs).await;
+    common::produce_all(&producer, &c.topics.events, events).await;
+    start(c)
+}
+
 fn sub(
     id: &str,
     url: &url::Url,
@@ -44,13 +56,13 @@ fn sub(
     client: Option<&str>,
     secret: &str,
     enabled: bool,
-) -> (Option<String>, Option<Vec<u8>>) {
+) -> Record {
     let v = serde_json::json!({"id": id, "url": url.as_str(), "event_types": types,
         "client_id": client, "secret": secret, "enabled": enabled});
     (Some(id.to_string()), Some(v.to_string().into_bytes()))
 }
 
-fn event(event_type: &str, user: &str, client: Option<&str>) -> (Option<String>, Option<Vec<u8>>) {
+fn event(event_type: &str, user: &str, client: Option<&str>) -> Record {
     let mut v = serde_json::json!({"event_type": event_type,
         "data": {"user_id": user, "points": 150.0, "ratio": 1e21},
         "timestamp": "2025-01-15T12:30:00+02:00"});
@@ -176,10 +188,8 @@ async fn endpoint_failing_twice_is_delivered_on_attempt_3_after_1s_and_5s() {
     let c = setup("retry3", &receiver).await;
     receiver.set_behaviour("/flaky", Behaviour::Sequence(vec![503, 500]));
     receiver.set_secret("/flaky", "s1");
-    let producer = common::producer();
-    common::produce_all(
-        &producer,
-        &c.topics.subscriptions,
+    let running = given(
+        &c,
         &[sub(
             "flaky",
             &receiver.url("/flaky"),
@@ -188,15 +198,9 @@ async fn endpoint_failing_twice_is_delivered_on_attempt_3_after_1s_and_5s() {
             "s1",
             true,
         )],
-    )
-    .await;
-    common::produce_all(
-        &producer,
-        &c.topics.events,
         &[event("rewards.redeemed", "u1", None)],
     )
     .await;
-    let running = start(&c);
     let got = receiver
         .wait_for("/flaky", 3, Duration::from_secs(30))
         .await;
@@ -317,10 +321,13 @@ async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
     let mut c = setup("hang", &receiver).await;
     c.http.request_timeout_ms = 10_000;
     receiver.set_behaviour("/hang", Behaviour::Hang);
-    let producer = common::producer();
-    common::produce_all(
-        &producer,
-        &c.topics.subscriptions,
+    // Hanging deliveries first, on every partition, then the healthy ones.
+    let mut events: Vec<_> = (0..30)
+        .map(|i| event("rewards.redeemed", &format!("h{i}"), None))
+        .collect();
+    events.extend((0..30).map(|i| event("cashback.processed", &format!("f{i}"), None)));
+    let running = given(
+        &c,
         &[
             sub(
                 "slow",
@@ -339,15 +346,9 @@ async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
                 true,
             ),
         ],
+        &events,
     )
     .await;
-    // Hanging deliveries first, on every partition, then the healthy ones.
-    let mut events: Vec<_> = (0..30)
-        .map(|i| event("rewards.redeemed", &format!("h{i}"), None))
-        .collect();
-    events.extend((0..30).map(|i| event("cashback.processed", &format!("f{i}"), None)));
-    common::produce_all(&producer, &c.topics.events, &events).await;
-    let running = start(&c);
     let started = std::time::Instant::now();
     let got = receiver.wait_for("/ok", 30, Duration::from_secs(30)).await;
     let took = started.elapsed();
@@ -364,20 +365,12 @@ async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
 async fn endpoint_that_always_fails_gets_4_attempts_at_0_1_6_31_s_then_one_failed_record() {
     let receiver = Receiver::start(Behaviour::Status(500)).await;
     let c = setup("exhaust", &receiver).await;
-    let producer = common::producer();
-    common::produce_all(
-        &producer,
-        &c.topics.subscriptions,
+    let running = given(
+        &c,
         &[sub("down", &receiver.url("/down"), &["*"], None, "s", true)],
-    )
-    .await;
-    common::produce_all(
-        &producer,
-        &c.topics.events,
         &[event("rewards.redeemed", "u1", None)],
     )
     .await;
-    let running = start(&c);
     let got = receiver.wait_for("/down", 4, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 4);
     let at: Vec<f64> = got
