@@ -63,16 +63,19 @@ impl Engine {
     }
 
     fn endpoint_gate(&self, sub: &Subscription) -> Arc<EndpointGate> {
-        let key = sub.url.origin().ascii_serialization();
+        // `scheme://host[:port]` as written in the URL, which is its origin: subscription URLs
+        // never carry credentials (refused at validation) and `url` drops a default port.
+        let origin = &sub.url[..url::Position::AfterPort];
         let mut map = self.endpoints.lock().expect("endpoint map poisoned");
-        map.entry(key)
-            .or_insert_with_key(|key| {
-                Arc::new(EndpointGate::new(
-                    key.clone(),
-                    self.config.delivery.max_in_flight_per_endpoint,
-                ))
-            })
-            .clone()
+        if let Some(gate) = map.get(origin) {
+            return gate.clone();
+        }
+        let gate = Arc::new(EndpointGate::new(
+            origin.to_string(),
+            self.config.delivery.max_in_flight_per_endpoint,
+        ));
+        map.insert(origin.to_string(), gate.clone());
+        gate
     }
 
     /// Runs one attempt of `task` and produces its outputs; returns once they are acknowledged.
@@ -590,6 +593,27 @@ mod tests {
             gate.stalled(stall),
             "slow requests and a long queue: stalled"
         );
+    }
+
+    #[test]
+    fn the_gate_key_is_the_url_origin() {
+        for (url, origin) in [
+            (
+                "https://partner.example/hooks?x=1",
+                "https://partner.example",
+            ),
+            ("https://partner.example:443/a", "https://partner.example"),
+            (
+                "https://partner.example:8443/a",
+                "https://partner.example:8443",
+            ),
+            ("http://127.0.0.1:9000/", "http://127.0.0.1:9000"),
+            ("https://BÜCHER.example/x", "https://xn--bcher-kva.example"),
+        ] {
+            let url = url::Url::parse(url).unwrap();
+            assert_eq!(&url[..url::Position::AfterPort], origin);
+            assert_eq!(url.origin().ascii_serialization(), origin);
+        }
     }
 
     #[test]
