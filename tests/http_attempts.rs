@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::receiver::{Behaviour, Receiver};
 use mgpass_webhooks::config::HttpConfig;
-use mgpass_webhooks::delivery::http::{AttemptResult, HttpClient, Outcome, Request};
+use mgpass_webhooks::delivery::http::{AttemptResult, HttpClient, Outcome, Request, Transport};
 
 const BODY: &str = r#"{"event_type":"rewards.points_awarded","data":{"user_id":"usr_abc123","points":150,"note":"é🎉"},"timestamp":"2025-01-15T10:30:00.000Z"}"#;
 
@@ -24,16 +24,49 @@ async fn send(client: &HttpClient, url: &url::Url, signature: &str, attempt: u32
         .await
 }
 
-fn client(config: &HttpConfig) -> HttpClient {
-    HttpClient::new(config).expect("HTTP client")
+fn client(config: &HttpConfig, transport: Transport) -> HttpClient {
+    let client = HttpClient::with_transport(config, transport).expect("HTTP client");
+    assert_eq!(client.transport(), transport);
+    client
 }
 
-#[tokio::test]
-async fn success_sends_the_exact_body_and_every_header() {
+/// Every case runs once per transport: both must behave the same on the wire and in outcomes.
+/// (`Proxied` is reqwest; with no proxy in the environment it connects directly too.)
+macro_rules! for_both_transports {
+    ($($case:ident),* $(,)?) => {
+        mod direct {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Transport::Direct).await
+            })*
+        }
+        mod proxied {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Transport::Proxied).await
+            })*
+        }
+    };
+}
+
+for_both_transports!(
+    success_sends_the_exact_body_and_every_header,
+    server_error_is_an_http_error_with_its_status_and_excerpt,
+    redirect_is_a_failure_and_is_never_followed,
+    hung_endpoint_times_out_within_the_request_timeout,
+    refused_connection_is_a_connect_error_without_the_url_in_the_error,
+    untrusted_certificate_is_a_tls_error,
+    plain_http_is_refused_without_sending_unless_allowed,
+    big_response_is_truncated_to_the_configured_excerpt,
+    sequence_fails_then_succeeds_and_reports_wrong_signatures,
+    bad_ca_bundle_is_a_config_error_naming_the_setting,
+);
+
+async fn success_sends_the_exact_body_and_every_header(transport: Transport) {
     let receiver = Receiver::start(Behaviour::Status(200)).await;
     receiver.set_secret("/hook", "whsec_test");
     let signature = mgpass_webhooks::signing::sign(b"whsec_test", BODY.as_bytes());
-    let http = client(&receiver.http_config());
+    let http = client(&receiver.http_config(), transport);
 
     let result = send(&http, &receiver.url("/hook"), &signature, 3).await;
 
@@ -64,10 +97,9 @@ async fn success_sends_the_exact_body_and_every_header() {
         .is_none());
 }
 
-#[tokio::test]
-async fn server_error_is_an_http_error_with_its_status_and_excerpt() {
+async fn server_error_is_an_http_error_with_its_status_and_excerpt(transport: Transport) {
     let receiver = Receiver::start(Behaviour::Status(500)).await;
-    let http = client(&receiver.http_config());
+    let http = client(&receiver.http_config(), transport);
 
     let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
 
@@ -83,10 +115,9 @@ async fn server_error_is_an_http_error_with_its_status_and_excerpt() {
     );
 }
 
-#[tokio::test]
-async fn redirect_is_a_failure_and_is_never_followed() {
+async fn redirect_is_a_failure_and_is_never_followed(transport: Transport) {
     let receiver = Receiver::start(Behaviour::Redirect).await;
-    let http = client(&receiver.http_config());
+    let http = client(&receiver.http_config(), transport);
 
     let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
 
@@ -105,12 +136,11 @@ async fn redirect_is_a_failure_and_is_never_followed() {
     );
 }
 
-#[tokio::test]
-async fn hung_endpoint_times_out_within_the_request_timeout() {
+async fn hung_endpoint_times_out_within_the_request_timeout(transport: Transport) {
     let receiver = Receiver::start(Behaviour::Hang).await;
     let mut config = receiver.http_config();
     config.request_timeout_ms = 500;
-    let http = client(&config);
+    let http = client(&config, transport);
 
     let started = Instant::now();
     let result = send(&http, &receiver.url("/slow"), "sig", 1).await;
@@ -125,13 +155,12 @@ async fn hung_endpoint_times_out_within_the_request_timeout() {
     assert_eq!(receiver.received_on("/slow").len(), 1);
 }
 
-#[tokio::test]
-async fn refused_connection_is_a_connect_error_without_the_url_in_the_error() {
+async fn refused_connection_is_a_connect_error_without_the_url_in_the_error(transport: Transport) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let http = client(&HttpConfig::default());
+    let http = client(&HttpConfig::default(), transport);
     let url = url::Url::parse(&format!("https://127.0.0.1:{port}/hook?token=s3cr3t")).unwrap();
 
     let result = send(&http, &url, "sig", 1).await;
@@ -145,11 +174,10 @@ async fn refused_connection_is_a_connect_error_without_the_url_in_the_error() {
     );
 }
 
-#[tokio::test]
-async fn untrusted_certificate_is_a_tls_error() {
+async fn untrusted_certificate_is_a_tls_error(transport: Transport) {
     let receiver = Receiver::start(Behaviour::Status(200)).await;
     // Built-in web roots only: the receiver's test CA is unknown.
-    let http = client(&HttpConfig::default());
+    let http = client(&HttpConfig::default(), transport);
 
     let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
 
@@ -168,10 +196,9 @@ async fn untrusted_certificate_is_a_tls_error() {
     assert!(receiver.received().is_empty());
 }
 
-#[tokio::test]
-async fn plain_http_is_refused_without_sending_unless_allowed() {
+async fn plain_http_is_refused_without_sending_unless_allowed(transport: Transport) {
     let receiver = Receiver::start_plain(Behaviour::Status(204)).await;
-    let refused = client(&HttpConfig::default());
+    let refused = client(&HttpConfig::default(), transport);
 
     let result = send(&refused, &receiver.url("/hook"), "sig", 1).await;
 
@@ -184,7 +211,7 @@ async fn plain_http_is_refused_without_sending_unless_allowed() {
     assert!(receiver.received().is_empty(), "nothing may be sent");
 
     // Local development: allowed explicitly.
-    let allowed = client(&receiver.http_config());
+    let allowed = client(&receiver.http_config(), transport);
     let result = send(&allowed, &receiver.url("/hook"), "sig", 1).await;
     assert_eq!(result.outcome, Outcome::Success, "{result:?}");
     assert_eq!(result.status, Some(204));
@@ -192,12 +219,11 @@ async fn plain_http_is_refused_without_sending_unless_allowed() {
     assert_eq!(receiver.received_on("/hook").len(), 1);
 }
 
-#[tokio::test]
-async fn big_response_is_truncated_to_the_configured_excerpt() {
+async fn big_response_is_truncated_to_the_configured_excerpt(transport: Transport) {
     let receiver = Receiver::start(Behaviour::Body(200, vec![b'x'; 1024 * 1024])).await;
     let mut config = receiver.http_config();
     config.max_response_bytes = 4096;
-    let http = client(&config);
+    let http = client(&config, transport);
 
     let started = Instant::now();
     let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
@@ -207,12 +233,11 @@ async fn big_response_is_truncated_to_the_configured_excerpt() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-#[tokio::test]
-async fn sequence_fails_then_succeeds_and_reports_wrong_signatures() {
+async fn sequence_fails_then_succeeds_and_reports_wrong_signatures(transport: Transport) {
     let receiver = Receiver::start(Behaviour::Status(200)).await;
     receiver.set_behaviour("/flaky", Behaviour::Sequence(vec![500, 503]));
     receiver.set_secret("/flaky", "right");
-    let http = client(&receiver.http_config());
+    let http = client(&receiver.http_config(), transport);
     let good = mgpass_webhooks::signing::sign(b"right", BODY.as_bytes());
     let bad = mgpass_webhooks::signing::sign(b"wrong", BODY.as_bytes());
 
@@ -241,8 +266,7 @@ async fn sequence_fails_then_succeeds_and_reports_wrong_signatures() {
     assert_eq!(attempts, ["1", "2", "3", "4"]);
 }
 
-#[tokio::test]
-async fn bad_ca_bundle_is_a_config_error_naming_the_setting() {
+async fn bad_ca_bundle_is_a_config_error_naming_the_setting(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let not_pem = dir.path().join("not-pem.txt");
     std::fs::write(&not_pem, "this is not a certificate\n").unwrap();
@@ -265,7 +289,8 @@ async fn bad_ca_bundle_is_a_config_error_naming_the_setting() {
             ca_bundle: Some(path.clone()),
             ..HttpConfig::default()
         };
-        let err = HttpClient::new(&config).expect_err(&format!("{path:?} must be refused"));
+        let err = HttpClient::with_transport(&config, transport)
+            .expect_err(&format!("{path:?} must be refused"));
         let text = format!("{err:#}");
         assert!(text.contains("http.ca_bundle"), "{path:?}: {text}");
     }

@@ -15,12 +15,23 @@
 //!   query strings) nor our body.
 //!
 //! Success is any 2xx ([`classify_status`]). Retry decisions belong to the caller.
+//!
+//! Two transports give those guarantees ([`Transport`]): hyper's pooled client over rustls,
+//! straight to the endpoint, and reqwest, which honours the proxy variables of the environment.
+//! The first is used unless the environment names a proxy: reqwest's layers (its redirect
+//! policy re-parses every request's URL even with redirects off, plus request conversion and
+//! boxing) cost about 20 % of the processor's CPU per delivery (docs/benchmarks.md). Both share
+//! the TLS set-up (webpki roots plus `http.ca_bundle`, ring), the pool settings, the headers
+//! and the outcome rules, and `tests/http_attempts.rs` runs every case against both.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, USER_AGENT as USER_AGENT_NAME,
+};
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HttpConfig;
@@ -177,53 +188,194 @@ pub struct Request<'a> {
     pub attempt: u32,
 }
 
+/// How requests leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// hyper's pooled client over rustls, straight to the endpoint: the fast path.
+    Direct,
+    /// reqwest, which honours `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY` (and `HTTP_PROXY` for
+    /// `http://` endpoints) from the environment.
+    Proxied,
+}
+
+impl Transport {
+    /// [`Transport::Proxied`] when the environment names a proxy, else [`Transport::Direct`].
+    pub fn from_env() -> Transport {
+        Transport::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// The decision of [`Transport::from_env`] over any variable lookup: a non-empty
+    /// `HTTPS_PROXY`, `ALL_PROXY` or `HTTP_PROXY` (either case) means a proxy. `NO_PROXY` alone
+    /// does not (there is nothing to bypass).
+    pub fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Transport {
+        const PROXY_VARS: [&str; 6] = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+        ];
+        if PROXY_VARS
+            .iter()
+            .any(|name| var(name).is_some_and(|v| !v.is_empty()))
+        {
+            Transport::Proxied
+        } else {
+            Transport::Direct
+        }
+    }
+}
+
+type DirectClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Direct(Box<DirectClient>),
+    Proxied(reqwest::Client),
+}
+
 /// The HTTP client of every delivery: one connection pool shared by all endpoints. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
+    inner: Inner,
     allow_http: bool,
     max_response_bytes: usize,
+    request_timeout: Duration,
 }
 
 impl HttpClient {
-    /// Builds the client from `http.*`. Fails, naming `http.ca_bundle`, when the extra CA bundle
-    /// cannot be read or holds no valid PEM certificate.
-    ///
-    /// Proxies follow reqwest's defaults (`HTTPS_PROXY`, `NO_PROXY`, … from the environment).
+    /// Builds the client from `http.*`, with the transport [`Transport::from_env`] picks. Fails,
+    /// naming `http.ca_bundle`, when the extra CA bundle cannot be read or holds no valid PEM
+    /// certificate.
     pub fn new(config: &HttpConfig) -> anyhow::Result<HttpClient> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(!config.allow_http)
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            // Many endpoints, each possibly receiving bursts: keep warm connections around.
-            .pool_max_idle_per_host(64)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .tcp_keepalive(Duration::from_secs(60))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_timeout(Duration::from_secs(10));
-        if let Some(path) = &config.ca_bundle {
-            for cert in read_ca_bundle(path)? {
-                builder = builder.add_root_certificate(cert);
+        let transport = Transport::from_env();
+        match transport {
+            Transport::Direct => {
+                tracing::info!("HTTP client: direct (no proxy in the environment)")
             }
-        }
-        let client = builder.build().with_context(|| match &config.ca_bundle {
-            Some(path) => format!(
-                "building the HTTP client with http.ca_bundle {}",
-                path.display()
+            Transport::Proxied => tracing::info!(
+                "HTTP client: through the proxy the environment names (HTTPS_PROXY, ALL_PROXY, \
+                 HTTP_PROXY; NO_PROXY bypasses it)"
             ),
-            None => "building the HTTP client".to_string(),
-        })?;
+        }
+        HttpClient::with_transport(config, transport)
+    }
+
+    /// Builds the client from `http.*` with the given transport. Both behave the same (same
+    /// headers, timeouts, limits and outcomes); only [`Transport::Proxied`] uses proxies.
+    pub fn with_transport(config: &HttpConfig, transport: Transport) -> anyhow::Result<HttpClient> {
+        let extra_roots = match &config.ca_bundle {
+            Some(path) => read_ca_bundle(path)?,
+            None => Vec::new(),
+        };
+        let inner = match transport {
+            Transport::Direct => Inner::Direct(Box::new(direct_client(config, &extra_roots)?)),
+            Transport::Proxied => Inner::Proxied(proxied_client(config, &extra_roots)?),
+        };
         Ok(HttpClient {
-            client,
+            inner,
             allow_http: config.allow_http,
             max_response_bytes: config.max_response_bytes,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
         })
     }
 
+    /// Which transport this client uses.
+    pub fn transport(&self) -> Transport {
+        match self.inner {
+            Inner::Direct(_) => Transport::Direct,
+            Inner::Proxied(_) => Transport::Proxied,
+        }
+    }
+}
+
+/// The reqwest client of [`Transport::Proxied`].
+fn proxied_client(
+    config: &HttpConfig,
+    extra_roots: &[CertificateDer<'static>],
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(!config.allow_http)
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        // Many endpoints, each possibly receiving bursts: keep warm connections around.
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .tcp_keepalive(Duration::from_secs(60))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_timeout(Duration::from_secs(10));
+    for cert in extra_roots {
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_der(cert).context("http.ca_bundle: a certificate")?,
+        );
+    }
+    builder.build().with_context(|| match &config.ca_bundle {
+        Some(path) => format!(
+            "building the HTTP client with http.ca_bundle {}",
+            path.display()
+        ),
+        None => "building the HTTP client".to_string(),
+    })
+}
+
+/// The hyper client of [`Transport::Direct`]: the same settings as [`proxied_client`].
+fn direct_client(
+    config: &HttpConfig,
+    extra_roots: &[CertificateDer<'static>],
+) -> anyhow::Result<DirectClient> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots.add(cert.clone()).with_context(|| {
+            format!(
+                "http.ca_bundle: {} holds a certificate that cannot be used",
+                config
+                    .ca_bundle
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("?"))
+                    .display()
+            )
+        })?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .build(https),
+    )
+}
+
+impl HttpClient {
     /// Makes one attempt. Never panics, never returns an error: see [`AttemptResult`].
     pub async fn send(&self, req: Request<'_>) -> AttemptResult {
         let started = Instant::now();
@@ -249,14 +401,73 @@ impl HttpClient {
             Ok(h) => h,
             Err(e) => return AttemptResult::failed(Outcome::RequestError, e, started),
         };
-        let sent = self
-            .client
+        let client = match &self.inner {
+            Inner::Proxied(client) => {
+                return self.send_proxied(client, req, headers, started).await
+            }
+            Inner::Direct(client) => client,
+        };
+        let uri: hyper::Uri = match req.url.as_str().parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                return AttemptResult::failed(
+                    Outcome::RequestError,
+                    "the URL is not a valid request target".into(),
+                    started,
+                )
+            }
+        };
+        let mut request = hyper::Request::new(http_body_util::Full::new(req.body));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = uri;
+        let mut headers = headers;
+        headers.insert(USER_AGENT_NAME, HeaderValue::from_static(USER_AGENT));
+        *request.headers_mut() = headers;
+        let max = self.max_response_bytes;
+        let exchange = async {
+            let response = client.request(request).await?;
+            let (parts, body) = response.into_parts();
+            let excerpt = read_excerpt(body, max).await;
+            Ok::<_, hyper_util::client::legacy::Error>((parts, excerpt))
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Err(_) => AttemptResult::failed(
+                Outcome::Timeout,
+                format!(
+                    "timed out after {} ms (http.request_timeout_ms)",
+                    self.request_timeout.as_millis()
+                ),
+                started,
+            ),
+            Ok(Err(e)) => {
+                let chain = source_chain(&e);
+                let is_timeout = chain
+                    .iter()
+                    .any(|m| m.contains("timed out") || m.contains("timeout"));
+                let outcome = classify_transport(is_timeout, e.is_connect(), &chain);
+                AttemptResult::failed(outcome, join_chain(chain), started)
+            }
+            Ok(Ok((parts, excerpt))) => {
+                response_result(parts.status, &parts.headers, excerpt, started)
+            }
+        }
+    }
+
+    /// [`HttpClient::send`] through reqwest.
+    async fn send_proxied(
+        &self,
+        client: &reqwest::Client,
+        req: Request<'_>,
+        headers: HeaderMap,
+        started: Instant,
+    ) -> AttemptResult {
+        let sent = client
             .post(req.url.clone())
             .headers(headers)
             .body(req.body)
             .send()
             .await;
-        let mut response = match sent {
+        let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 let outcome = classify_error(&e);
@@ -264,39 +475,53 @@ impl HttpClient {
             }
         };
         let status = response.status();
-        let outcome = classify_status(status.as_u16());
-        let error = match outcome {
-            Outcome::Success => None,
-            Outcome::Redirect => Some(match response.headers().get(LOCATION) {
-                Some(to) => format!(
-                    "redirect not followed (HTTP {} to {})",
-                    status.as_u16(),
-                    truncate(&String::from_utf8_lossy(to.as_bytes()), MAX_LOCATION_CHARS)
-                ),
-                None => format!("redirect not followed (HTTP {})", status.as_u16()),
-            }),
-            _ => Some(format!("HTTP {status}")),
-        };
-        let excerpt = read_excerpt(&mut response, self.max_response_bytes).await;
-        AttemptResult {
-            outcome,
-            status: Some(status.as_u16()),
-            error,
-            response_excerpt: excerpt,
-            duration: started.elapsed(),
-        }
+        let headers = response.headers().clone();
+        let excerpt = read_excerpt(reqwest::Body::from(response), self.max_response_bytes).await;
+        response_result(status, &headers, excerpt, started)
     }
 }
 
-fn read_ca_bundle(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+/// The result of an attempt that got a response.
+fn response_result(
+    status: hyper::StatusCode,
+    headers: &HeaderMap,
+    excerpt: Option<String>,
+    started: Instant,
+) -> AttemptResult {
+    let outcome = classify_status(status.as_u16());
+    let error = match outcome {
+        Outcome::Success => None,
+        Outcome::Redirect => Some(match headers.get(LOCATION) {
+            Some(to) => format!(
+                "redirect not followed (HTTP {} to {})",
+                status.as_u16(),
+                truncate(&String::from_utf8_lossy(to.as_bytes()), MAX_LOCATION_CHARS)
+            ),
+            None => format!("redirect not followed (HTTP {})", status.as_u16()),
+        }),
+        _ => Some(format!("HTTP {status}")),
+    };
+    AttemptResult {
+        outcome,
+        status: Some(status.as_u16()),
+        error,
+        response_excerpt: excerpt,
+        duration: started.elapsed(),
+    }
+}
+
+fn read_ca_bundle(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
     let pem = std::fs::read(path)
         .with_context(|| format!("http.ca_bundle: cannot read {}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-        format!(
-            "http.ca_bundle: {} is not a PEM certificate bundle",
-            path.display()
-        )
-    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "http.ca_bundle: {} is not a PEM certificate bundle ({e})",
+                path.display()
+            )
+        })?;
     if certs.is_empty() {
         anyhow::bail!(
             "http.ca_bundle: {} holds no PEM certificate",
@@ -327,21 +552,28 @@ fn request_headers(req: &Request<'_>) -> Result<HeaderMap, String> {
     Ok(h)
 }
 
-/// Reads at most `max` bytes of the body, chunk by chunk; the rest is left unread (the connection
+/// Reads at most `max` bytes of the body, frame by frame; the rest is left unread (the connection
 /// is then closed rather than reused). A failure while reading keeps what arrived.
-async fn read_excerpt(response: &mut reqwest::Response, max: usize) -> Option<String> {
-    let mut buf: Vec<u8> = Vec::with_capacity(max.min(8 * 1024));
+async fn read_excerpt<B>(mut body: B, max: usize) -> Option<String>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let mut buf: Vec<u8> = Vec::new();
     while buf.len() < max {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let take = chunk.len().min(max - buf.len());
-                buf.extend_from_slice(&chunk[..take]);
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data() {
+                    let take = chunk.len().min(max - buf.len());
+                    buf.extend_from_slice(&chunk[..take]);
+                }
             }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(error = %error_text(&e), "reading the response body failed");
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "reading the response body failed");
                 break;
             }
+            None => break,
         }
     }
     if buf.is_empty() {
@@ -402,17 +634,34 @@ fn reqwest_kind(err: &reqwest::Error) -> &'static str {
     }
 }
 
-/// A short error text: the chain joined with `: `, dropping a message already contained in the
-/// previous one (hyper and io errors repeat their cause), truncated.
-fn error_text(err: &reqwest::Error) -> String {
+/// The messages of a (hyper) error and its sources; none of them carries the URL.
+fn source_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        out.push(e.to_string());
+        current = e.source();
+    }
+    out
+}
+
+/// The chain joined with `: `, dropping a message already contained in the previous one (hyper
+/// and io errors repeat their cause), truncated.
+fn join_chain(chain: Vec<String>) -> String {
     let mut parts: Vec<String> = Vec::new();
-    for msg in error_chain(err) {
+    for msg in chain {
         if parts.last().is_some_and(|prev| prev.contains(&msg)) {
             continue;
         }
         parts.push(msg);
     }
     truncate(&parts.join(": "), MAX_ERROR_CHARS)
+}
+
+/// A short error text: the chain joined with `: `, dropping a message already contained in the
+/// previous one (hyper and io errors repeat their cause), truncated.
+fn error_text(err: &reqwest::Error) -> String {
+    join_chain(error_chain(err))
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {
@@ -425,6 +674,43 @@ fn truncate(s: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proxy_in_the_environment_selects_the_proxied_transport() {
+        use std::collections::HashMap;
+        let with = |vars: &[(&str, &str)]| {
+            let map: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Transport::from_vars(|name| map.get(name).map(Into::into))
+        };
+        assert_eq!(with(&[]), Transport::Direct);
+        assert_eq!(
+            with(&[("NO_PROXY", "*")]),
+            Transport::Direct,
+            "nothing to bypass"
+        );
+        assert_eq!(
+            with(&[("HTTPS_PROXY", "")]),
+            Transport::Direct,
+            "empty is unset"
+        );
+        for name in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+        ] {
+            assert_eq!(
+                with(&[(name, "http://proxy:3128")]),
+                Transport::Proxied,
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn status_classification_table() {
