@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use futures::future::try_join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::http::{AttemptResult, HttpClient, Outcome, Request};
@@ -360,6 +360,10 @@ struct EndpointGate {
     /// Request durations folded into `latency_us`.
     samples: AtomicU64,
     waiting: AtomicU64,
+    /// Wakes every waiter when the watchdog finds the endpoint stalled.
+    give_up: Notify,
+    /// Whether a watchdog task is running for this gate (only while requests wait).
+    watching: std::sync::atomic::AtomicBool,
     epoch: Instant,
 }
 
@@ -374,6 +378,8 @@ impl EndpointGate {
             latency_us: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            give_up: Notify::new(),
+            watching: std::sync::atomic::AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -433,7 +439,7 @@ impl EndpointGate {
 
     /// A connection slot, waiting in line while the wait stays under `stall`; `None` as soon as
     /// the endpoint is stalled (a fast but busy endpoint is waited for, a hanging one is not).
-    async fn acquire(&self, stall: Duration) -> Option<OwnedSemaphorePermit> {
+    async fn acquire(self: &Arc<Self>, stall: Duration) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             self.granted();
             return Some(permit);
@@ -442,29 +448,47 @@ impl EndpointGate {
             return None;
         }
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        let permit = self.wait(stall).await;
+        self.watch(stall);
+        // Keep the place in the (fair) queue until a slot frees up or the watchdog gives up.
+        let permit = tokio::select! {
+            permit = self.permits.clone().acquire_owned() => {
+                self.granted();
+                permit.ok()
+            }
+            _ = self.give_up.notified() => None,
+        };
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         permit
     }
 
-    async fn wait(&self, stall: Duration) -> Option<OwnedSemaphorePermit> {
-        // Keep the place in the (fair) queue while checking for a stall now and then.
-        let acquire = self.permits.clone().acquire_owned();
-        tokio::pin!(acquire);
+    /// Makes sure one watchdog checks this gate every `stall / 4` while requests wait, and
+    /// wakes them all to give up once it is stalled. One timer per endpoint instead of one per
+    /// waiting request: a backlog puts tens of thousands of requests in line.
+    fn watch(self: &Arc<Self>, stall: Duration) {
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let gate = self.clone();
         let check = (stall / 4).max(Duration::from_millis(10));
-        loop {
-            tokio::select! {
-                permit = &mut acquire => {
-                    self.granted();
-                    return permit.ok();
-                }
-                _ = tokio::time::sleep(check) => {
-                    if self.stalled(stall) {
-                        return None;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(check).await;
+                if gate.waiting.load(Ordering::Acquire) == 0 {
+                    gate.watching.store(false, Ordering::Release);
+                    // A request that started waiting since the load either saw `watching` still
+                    // set (so keep going for it) or started a watchdog of its own.
+                    if gate.waiting.load(Ordering::Acquire) == 0
+                        || gate.watching.swap(true, Ordering::AcqRel)
+                    {
+                        return;
                     }
+                    continue;
+                }
+                if gate.stalled(stall) {
+                    gate.give_up.notify_waiters();
                 }
             }
-        }
+        });
     }
 }
 
