@@ -188,6 +188,16 @@ pub struct Request<'a> {
     pub attempt: u32,
 }
 
+/// The environment variables that name a proxy (see [`Transport::from_env`]).
+pub const PROXY_VARIABLES: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+];
+
 /// How requests leave the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -208,15 +218,7 @@ impl Transport {
     /// `HTTPS_PROXY`, `ALL_PROXY` or `HTTP_PROXY` (either case) means a proxy. `NO_PROXY` alone
     /// does not (there is nothing to bypass).
     pub fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Transport {
-        const PROXY_VARS: [&str; 6] = [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-        ];
-        if PROXY_VARS
+        if PROXY_VARIABLES
             .iter()
             .any(|name| var(name).is_some_and(|v| !v.is_empty()))
         {
@@ -696,14 +698,7 @@ mod tests {
             Transport::Direct,
             "empty is unset"
         );
-        for name in [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-        ] {
+        for name in PROXY_VARIABLES {
             assert_eq!(
                 with(&[(name, "http://proxy:3128")]),
                 Transport::Proxied,
