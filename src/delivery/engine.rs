@@ -73,6 +73,7 @@ impl Engine {
         let gate = Arc::new(EndpointGate::new(
             origin.to_string(),
             self.config.delivery.max_in_flight_per_endpoint,
+            Duration::from_millis(self.config.delivery.endpoint_stall_ms),
         ));
         map.insert(origin.to_string(), gate.clone());
         gate
@@ -102,12 +103,7 @@ impl Engine {
             }
         };
         let gate = self.endpoint_gate(&sub);
-        let Some(_endpoint_permit) = gate
-            .acquire(Duration::from_millis(
-                self.config.delivery.endpoint_stall_ms,
-            ))
-            .await
-        else {
+        let Some(_endpoint_permit) = gate.acquire().await else {
             if gate.mark_stalled(true) {
                 warn!(
                     endpoint = %gate.origin,
@@ -353,6 +349,9 @@ struct EndpointGate {
     stalled: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
     limit: u64,
+    /// `delivery.endpoint_stall_ms`: how long a wait may grow before the endpoint counts as
+    /// stalled.
+    stall: Duration,
     /// Milliseconds since `epoch` at the last grant of a connection slot.
     last_grant_ms: AtomicU64,
     /// Moving average of request durations, microseconds.
@@ -368,12 +367,13 @@ struct EndpointGate {
 }
 
 impl EndpointGate {
-    fn new(origin: String, limit: usize) -> Self {
+    fn new(origin: String, limit: usize, stall: Duration) -> Self {
         EndpointGate {
             origin,
             stalled: std::sync::atomic::AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(limit)),
             limit: limit.max(1) as u64,
+            stall,
             last_grant_ms: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             samples: AtomicU64::new(0),
@@ -408,7 +408,7 @@ impl EndpointGate {
         self.samples.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Every slot is busy and the wait for one would exceed `stall`: no slot was granted for
+    /// Every slot is busy and the wait for one would exceed the stall time: no slot was granted for
     /// that long (requests hang), or the queue ahead, at the recent request duration, takes
     /// longer than that to drain (requests are slower than the traffic for this endpoint).
     ///
@@ -419,11 +419,11 @@ impl EndpointGate {
     /// include connection set-up while the whole backlog starts at once, do not count. Until
     /// then only the "nothing granted for `stall`" rule applies, which a hanging endpoint meets
     /// anyway.
-    fn stalled(&self, stall: Duration) -> bool {
+    fn stalled(&self) -> bool {
         if self.permits.available_permits() > 0 {
             return false;
         }
-        let stall_us = stall.as_micros() as u64;
+        let stall_us = self.stall.as_micros() as u64;
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         let idle_us = now_ms.saturating_sub(self.last_grant_ms.load(Ordering::Acquire)) * 1000;
         if idle_us > stall_us {
@@ -437,18 +437,18 @@ impl EndpointGate {
         queue_us > stall_us
     }
 
-    /// A connection slot, waiting in line while the wait stays under `stall`; `None` as soon as
+    /// A connection slot, waiting in line while the wait stays under the stall time; `None` as soon as
     /// the endpoint is stalled (a fast but busy endpoint is waited for, a hanging one is not).
-    async fn acquire(self: &Arc<Self>, stall: Duration) -> Option<OwnedSemaphorePermit> {
+    async fn acquire(self: &Arc<Self>) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             self.granted();
             return Some(permit);
         }
-        if self.stalled(stall) {
+        if self.stalled() {
             return None;
         }
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.watch(stall);
+        self.watch();
         // Keep the place in the (fair) queue until a slot frees up or the watchdog gives up.
         let permit = tokio::select! {
             permit = self.permits.clone().acquire_owned() => {
@@ -461,15 +461,15 @@ impl EndpointGate {
         permit
     }
 
-    /// Makes sure one watchdog checks this gate every `stall / 4` while requests wait, and
+    /// Makes sure one watchdog checks this gate every quarter of the stall time while requests wait, and
     /// wakes them all to give up once it is stalled. One timer per endpoint instead of one per
     /// waiting request: a backlog puts tens of thousands of requests in line.
-    fn watch(self: &Arc<Self>, stall: Duration) {
+    fn watch(self: &Arc<Self>) {
         if self.watching.swap(true, Ordering::AcqRel) {
             return;
         }
         let gate = self.clone();
-        let check = (stall / 4).max(Duration::from_millis(10));
+        let check = (self.stall / 4).max(Duration::from_millis(10));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(check).await;
@@ -484,7 +484,7 @@ impl EndpointGate {
                     }
                     continue;
                 }
-                if gate.stalled(stall) {
+                if gate.stalled() {
                     gate.give_up.notify_waiters();
                 }
             }
@@ -519,34 +519,31 @@ mod tests {
     #[tokio::test]
     async fn a_busy_endpoint_is_waited_for_and_a_stalled_one_refused() {
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 1));
-        let first = gate.acquire(stall).await.expect("a free connection");
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall));
+        let first = gate.acquire().await.expect("a free connection");
         // Busy but progressing: the waiter gets the slot when it frees up.
         let waiter = tokio::spawn({
             let gate = gate.clone();
-            async move { gate.acquire(stall).await.is_some() }
+            async move { gate.acquire().await.is_some() }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         drop(first);
         assert!(waiter.await.unwrap(), "a busy endpoint is waited for");
         // Now hold the slot past the stall time: waiters and newcomers are refused.
-        let held = gate.acquire(stall).await.expect("free again");
+        let held = gate.acquire().await.expect("free again");
         let waiter = tokio::spawn({
             let gate = gate.clone();
-            async move { gate.acquire(stall).await.is_some() }
+            async move { gate.acquire().await.is_some() }
         });
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(
             !waiter.await.unwrap(),
             "a waiter gives up once the endpoint stalls"
         );
-        assert!(
-            gate.acquire(stall).await.is_none(),
-            "newcomers fail at once"
-        );
+        assert!(gate.acquire().await.is_none(), "newcomers fail at once");
         drop(held);
         assert!(
-            gate.acquire(stall).await.is_some(),
+            gate.acquire().await.is_some(),
             "a freed slot ends the stall"
         );
     }
@@ -554,13 +551,13 @@ mod tests {
     #[tokio::test]
     async fn a_queue_slower_to_drain_than_the_stall_time_is_refused() {
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 1));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall));
         gate.observe(Duration::from_millis(300));
-        let _busy = gate.acquire(stall).await.expect("a free connection");
+        let _busy = gate.acquire().await.expect("a free connection");
         // One waiter ahead of nobody: 1 × 300 ms / 1 connection > 200 ms.
         let waiter = tokio::spawn({
             let gate = gate.clone();
-            async move { gate.acquire(stall).await.is_some() }
+            async move { gate.acquire().await.is_some() }
         });
         assert!(
             !waiter.await.unwrap(),
@@ -574,15 +571,15 @@ mod tests {
         // Connection set-up makes the first requests slow; until `limit` requests have completed
         // only "nothing granted for the stall time" counts.
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 2));
-        let a = gate.acquire(stall).await.expect("slot 1");
-        let b = gate.acquire(stall).await.expect("slot 2");
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 2, stall));
+        let a = gate.acquire().await.expect("slot 1");
+        let b = gate.acquire().await.expect("slot 2");
         gate.observe(Duration::from_secs(5));
         let waiters: Vec<_> = (0..6)
             .map(|_| {
                 let gate = gate.clone();
                 tokio::spawn(async move {
-                    let permit = gate.acquire(stall).await;
+                    let permit = gate.acquire().await;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     permit.is_some()
                 })
@@ -595,28 +592,22 @@ mod tests {
         }
         // Once `limit` requests have completed, the estimate applies: 6 waiting × 5 s / 2.
         gate.observe(Duration::from_secs(5));
-        let _held = (gate.acquire(stall).await, gate.acquire(stall).await);
+        let _held = (gate.acquire().await, gate.acquire().await);
         gate.waiting.store(6, Ordering::Release);
-        assert!(gate.stalled(stall), "queue estimate now counts");
+        assert!(gate.stalled(), "queue estimate now counts");
     }
 
     #[tokio::test]
     async fn a_fast_endpoint_with_a_long_queue_is_waited_for() {
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 1));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall));
         gate.observe(Duration::from_millis(10));
-        let _busy = gate.acquire(stall).await.expect("a free connection");
+        let _busy = gate.acquire().await.expect("a free connection");
         gate.waiting.store(1_000, Ordering::Release);
-        assert!(
-            !gate.stalled(stall),
-            "10 ms requests: progressing, not stalled"
-        );
+        assert!(!gate.stalled(), "10 ms requests: progressing, not stalled");
         gate.observe(Duration::from_secs(2));
         gate.observe(Duration::from_secs(2));
-        assert!(
-            gate.stalled(stall),
-            "slow requests and a long queue: stalled"
-        );
+        assert!(gate.stalled(), "slow requests and a long queue: stalled");
     }
 
     #[test]
@@ -642,7 +633,7 @@ mod tests {
 
     #[test]
     fn stall_transitions_are_reported_once() {
-        let gate = EndpointGate::new("https://test".into(), 1);
+        let gate = EndpointGate::new("https://test".into(), 1, Duration::from_secs(2));
         assert!(gate.mark_stalled(true));
         assert!(!gate.mark_stalled(true));
         assert!(gate.mark_stalled(false));

@@ -450,7 +450,7 @@ impl HttpClient {
                 AttemptResult::failed(outcome, join_chain(chain), started)
             }
             Ok(Ok((parts, excerpt))) => {
-                response_result(parts.status, &parts.headers, excerpt, started)
+                response_result(parts.status, parts.headers.get(LOCATION), excerpt, started)
             }
         }
     }
@@ -477,23 +477,23 @@ impl HttpClient {
             }
         };
         let status = response.status();
-        let headers = response.headers().clone();
+        let location = response.headers().get(LOCATION).cloned();
         let excerpt = read_excerpt(reqwest::Body::from(response), self.max_response_bytes).await;
-        response_result(status, &headers, excerpt, started)
+        response_result(status, location.as_ref(), excerpt, started)
     }
 }
 
-/// The result of an attempt that got a response.
+/// The result of an attempt that got a response (`location`: its `Location` header).
 fn response_result(
     status: hyper::StatusCode,
-    headers: &HeaderMap,
+    location: Option<&HeaderValue>,
     excerpt: Option<String>,
     started: Instant,
 ) -> AttemptResult {
     let outcome = classify_status(status.as_u16());
     let error = match outcome {
         Outcome::Success => None,
-        Outcome::Redirect => Some(match headers.get(LOCATION) {
+        Outcome::Redirect => Some(match location {
             Some(to) => format!(
                 "redirect not followed (HTTP {} to {})",
                 status.as_u16(),
@@ -601,17 +601,10 @@ fn lossy_excerpt(bytes: &[u8]) -> String {
 
 /// The messages of an error and its sources, the URL left out.
 fn error_chain(err: &reqwest::Error) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        let msg = if out.is_empty() {
-            // reqwest's own Display appends "for url (...)": describe the kind only.
-            reqwest_kind(err).to_string()
-        } else {
-            e.to_string()
-        };
-        out.push(msg);
-        current = e.source();
+    // reqwest's own Display appends "for url (...)": describe the kind only.
+    let mut out = vec![reqwest_kind(err).to_string()];
+    if let Some(source) = std::error::Error::source(err) {
+        out.extend(source_chain(source));
     }
     out
 }

@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 use crate::load::webhook_body;
@@ -74,9 +72,7 @@ impl Sender {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let (url, secret) = &self.targets[(seq % self.targets.len() as u64) as usize];
         let body = webhook_body(seq, "rewards.points_awarded", unix_us());
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key");
-        mac.update(body.as_bytes());
-        let signature = hex::encode(mac.finalize().into_bytes());
+        let signature = mgpass_webhooks::signing::sign(secret, body.as_bytes());
         let sent = self
             .client
             .post(url)
