@@ -22,12 +22,12 @@ source "${SCRIPT_DIR}/broker-lib.sh"
 cd "${REPO_ROOT}"
 for arg in "$@"; do
   if [[ "${arg}" == "-h" || "${arg}" == "--help" ]]; then
-    cargo build --release --quiet --bin mgpass-bench
+    cargo build --release --quiet -p mgpass-bench
     exec ./target/release/mgpass-bench --help
   fi
 done
 
-cargo build --release --bins
+cargo build --release -p mgpass-webhooks -p mgpass-bench --bins
 
 ensure_broker bench.sh
 

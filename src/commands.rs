@@ -1,5 +1,5 @@
-//! The subcommands' work, as library functions so tests drive exactly what the binary runs:
-//! the processor with its supervised tasks, subscription admin, and the sample event producer.
+//! The CLI's work besides running the processor (that is [`crate::app`]), as library functions
+//! so tests drive exactly what the binary runs: subscription admin and the sample event producer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +9,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin_server::{self, Health};
 use crate::config::Config;
-use crate::delivery::engine::Engine;
-use crate::delivery::retry::TaskConsumer;
 use crate::kafka;
 use crate::metrics::Metrics;
-use crate::processor::{Dispatcher, Processor};
 use crate::subscriptions::loader::Loader;
 use crate::subscriptions::{Rules, Subscription, SubscriptionRecord, SubscriptionTable};
 
@@ -88,118 +84,4 @@ pub fn sample_event(event_type: &str, user_id: &str, client_id: Option<&str>) ->
         event["client_id"] = serde_json::Value::from(c);
     }
     event
-}
-
-/// Runs the processor with the delivery engine: events are delivered, failed attempts wait in
-/// the retry tiers, replayed tasks are attempted again.
-pub async fn run_processor(
-    config: Config,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) -> Result<()> {
-    let table = Arc::new(SubscriptionTable::new());
-    let producer = kafka::producer(&config)?;
-    let engine = Arc::new(Engine::new(
-        &config,
-        producer,
-        table.clone(),
-        metrics.clone(),
-    )?);
-    run_pipeline(config, table, engine.clone(), Some(engine), metrics, cancel).await
-}
-
-/// Runs the processor's supervised tasks — admin server, subscription loader, event loop and,
-/// with an engine, the retry-tier and replay consumers — sharing one cancellation token. Any
-/// task's error cancels the others and is returned.
-pub async fn run_pipeline<D: Dispatcher>(
-    config: Config,
-    table: Arc<SubscriptionTable>,
-    dispatcher: D,
-    engine: Option<Arc<Engine>>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) -> Result<()> {
-    kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)?;
-    let health = Arc::new(Health::new(table.clone()));
-    let producer = kafka::producer(&config)?;
-    let loader = Loader::new(&config, table.clone(), metrics.clone())?;
-    let processor = Processor::new(
-        &config,
-        producer,
-        table.clone(),
-        metrics.clone(),
-        health.clone(),
-        dispatcher,
-    )?;
-    let mut task_consumers = Vec::new();
-    if let Some(engine) = &engine {
-        for topic in [
-            &config.topics.retry_1s,
-            &config.topics.retry_5s,
-            &config.topics.retry_25s,
-            &config.topics.replay,
-        ] {
-            task_consumers.push(TaskConsumer::new(&config, topic, engine.clone())?);
-        }
-    }
-    let addr = config
-        .admin
-        .listen
-        .parse()
-        .context("admin.listen is not an address")?;
-
-    let tasks = tokio_util::task::TaskTracker::new();
-    let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
-    type Task = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
-    let supervise = |name: &'static str, fut: Task| {
-        let cancel = cancel.clone();
-        let err_tx = err_tx.clone();
-        tasks.spawn(async move {
-            if let Err(e) = fut.await {
-                let _ = err_tx.send(e.context(format!("task {name} failed")));
-            }
-            cancel.cancel();
-        });
-    };
-    supervise(
-        "admin-server",
-        Box::pin(admin_server::serve(
-            addr,
-            metrics.clone(),
-            health,
-            cancel.clone(),
-            None,
-        )),
-    );
-    let loader_cancel = cancel.clone();
-    supervise(
-        "subscription-loader",
-        Box::pin(async move { loader.run(loader_cancel, true).await.map(|_| ()) }),
-    );
-    supervise(
-        "event-processor",
-        Box::pin(Arc::new(processor).run(cancel.clone())),
-    );
-    for consumer in task_consumers {
-        let c = cancel.clone();
-        let table = table.clone();
-        supervise(
-            "task-consumer",
-            Box::pin(async move {
-                // Retries are attempted against the complete table too.
-                tokio::select! {
-                    _ = c.cancelled() => return Ok(()),
-                    _ = table.wait_ready() => {}
-                }
-                consumer.run(c).await
-            }),
-        );
-    }
-    tasks.close();
-    tasks.wait().await;
-    drop(err_tx);
-    match err_rx.recv().await {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }

@@ -82,7 +82,8 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
     /// Extra PEM CA bundle trusted besides the built-in web roots (private CAs, tests).
     pub ca_bundle: Option<PathBuf>,
-    /// Response bodies are read up to this many bytes (kept for the delivery log excerpt).
+    /// At most this many bytes of a response body are read (the rest is never buffered); the
+    /// excerpt is part of the attempt's result, not of the delivery-log record.
     pub max_response_bytes: usize,
 }
 
@@ -548,42 +549,7 @@ fn describe_figment_error(e: &figment::Error) -> String {
 }
 
 fn toml_string(config: &Config) -> String {
-    // figment ships no TOML writer; our config is flat enough to render by hand through JSON.
-    let value = serde_json::to_value(config).expect("config serialises");
-    let mut out = String::new();
-    render_toml_table(&mut out, "", &value);
-    out
-}
-
-fn render_toml_table(out: &mut String, prefix: &str, value: &serde_json::Value) {
-    let Some(map) = value.as_object() else { return };
-    let mut tables = Vec::new();
-    for (k, v) in map {
-        match v {
-            serde_json::Value::Object(_) => tables.push((k, v)),
-            serde_json::Value::Null => out.push_str(&format!("# {k} = (unset)\n")),
-            _ => out.push_str(&format!("{} = {}\n", toml_key(k), v)),
-        }
-    }
-    for (k, v) in tables {
-        let name = if prefix.is_empty() {
-            toml_key(k)
-        } else {
-            format!("{prefix}.{}", toml_key(k))
-        };
-        out.push_str(&format!("\n[{name}]\n"));
-        render_toml_table(out, &name, v);
-    }
-}
-
-fn toml_key(k: &str) -> String {
-    if k.chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        k.to_string()
-    } else {
-        serde_json::to_string(k).expect("string serialises")
-    }
+    toml::to_string(config).expect("the config serialises as TOML")
 }
 
 #[cfg(test)]

@@ -1,36 +1,41 @@
 //! mgpass-webhooks: a Kafka stream processor that delivers the mgPass rewards platform's webhooks.
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library so that integration tests drive the
-//! same code paths as production. Modules are named after the architecture:
+//! same code paths as production. Modules are named after the architecture; dependencies point
+//! one way, from the composition root down:
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`config`] | typed, layered configuration and its validation |
-//! | [`secret`] | the redacting wrapper for every secret value |
-//! | [`kafka`] | librdkafka client configuration (producer, consumers, admin) |
-//! | [`topics`] | creation of every topic of the product with its policy |
-//! | [`subscriptions`] | subscription records, their validation, the in-memory table and its loader |
-//! | [`events`] | decoding rewards events from Kafka records |
-//! | [`matching`] | the pure rule deciding which subscriptions receive an event |
-//! | [`body`] | the canonical (JavaScript fixed-point) webhook body |
-//! | [`signing`] | the HMAC-SHA256 signature header |
-//! | [`processor`] | the event consume loop: decode, match, dispatch, dead-letter |
-//! | [`local_https`] | throw-away CA and HTTPS server loop for local receivers (tests, benchmark) |
-//! | [`admin_server`] | `/metrics`, liveness and readiness over HTTP |
-//! | [`metrics`] | the closed set of Prometheus metrics |
-//! | [`telemetry`] | tracing subscriber set-up |
+//! | layer | module | owns |
+//! |---|---|---|
+//! | root | [`app`] | builds and supervises the processor's tasks |
+//! | CLI | [`commands`] | subscription admin and the sample event producer |
+//! | consume loops | [`processor`] | the event loop: decode, match, dispatch, dead-letter |
+//! | | [`retries`] | the retry-tier and replay loops: hold each task until due, dispatch |
+//! | mapping | [`dispatch`] | event → delivery tasks, and the interface the loops hand work to |
+//! | delivery | [`delivery`] | one attempt end to end: sign, send, log, schedule the next |
+//! | Kafka plumbing | [`kafka`] | clients, rebalance listener, offset tracking, in-flight bookkeeping |
+//! | state | [`subscriptions`] | subscription records, their validation, the table and its loader |
+//! | pure | [`events`] | decoding rewards events from Kafka records |
+//! | | [`matching`] | the rule deciding which subscriptions receive an event |
+//! | | [`body`] | the canonical (JavaScript fixed-point) webhook body |
+//! | | [`signing`] | the HMAC-SHA256 signature header and the guide's check |
+//! | operations | [`admin_server`] | `/metrics`, liveness and readiness over HTTP |
+//! | | [`metrics`] | the closed set of Prometheus metrics |
+//! | | [`topics`] | creation of every topic of the product with its policy |
+//! | | [`config`], [`secret`], [`telemetry`] | layered settings, the redacting secret type, logs |
 
 pub mod admin_server;
+pub mod app;
 pub mod body;
 pub mod commands;
 pub mod config;
 pub mod delivery;
+pub mod dispatch;
 pub mod events;
 pub mod kafka;
-pub mod local_https;
 pub mod matching;
 pub mod metrics;
 pub mod processor;
+pub mod retries;
 pub mod secret;
 pub mod signing;
 pub mod subscriptions;

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use mgpass_webhooks::commands;
 use mgpass_webhooks::config::{Config, Overrides};
 use mgpass_webhooks::events::KNOWN_EVENT_TYPES;
 use mgpass_webhooks::metrics::Metrics;
 use mgpass_webhooks::secret::Secret;
 use mgpass_webhooks::subscriptions::SubscriptionRecord;
 use mgpass_webhooks::topics::{self, SetupOutcome};
+use mgpass_webhooks::{app, commands};
 use mgpass_webhooks::{kafka, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -155,7 +155,7 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
             let cancel = CancellationToken::new();
             tokio::spawn(shutdown_on_signal(cancel.clone()));
             let metrics = Arc::new(Metrics::new());
-            commands::run_processor(config, metrics, cancel).await
+            app::run_processor(config, metrics, cancel).await
         }
         Command::SetupTopics {
             partitions,

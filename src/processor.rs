@@ -1,6 +1,7 @@
 //! The event consume loop: read `rewards.events` in the consumer group, decode, match against the
 //! subscription table and hand each (event, matching subscriptions) to a [`Dispatcher`];
-//! undecodable records go to the invalid topic with the reason.
+//! undecodable records go to the invalid topic with the reason. Concurrency and commits are the
+//! [`crate::kafka`] plumbing's ([`InFlight`]).
 //!
 //! Guarantees: no event is matched before the subscription table is fully loaded; a record's
 //! offset is stored for commit only after its outputs are acknowledged by Kafka (the invalid
@@ -19,14 +20,15 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::delivery::consumer::{revoke, InFlight, RebalanceContext, RebalanceEvent};
-
 use crate::admin_server::Health;
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::events::{InvalidEvent, RewardsEvent};
-use crate::kafka;
+use crate::kafka::consumer::{revoke, RebalanceContext, RebalanceEvent};
+use crate::kafka::in_flight::InFlight;
+use crate::kafka::{self, SourceRef};
 use crate::metrics::Metrics;
-use crate::subscriptions::{Subscription, SubscriptionTable};
+use crate::subscriptions::SubscriptionTable;
 
 /// Header naming why a record went to the invalid topic (a reason code).
 pub const HEADER_INVALID_REASON: &str = "mgpass-invalid-reason";
@@ -35,26 +37,6 @@ pub const HEADER_INVALID_ERROR: &str = "mgpass-invalid-error";
 pub const HEADER_SOURCE_TOPIC: &str = "mgpass-source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "mgpass-source-partition";
 pub const HEADER_SOURCE_OFFSET: &str = "mgpass-source-offset";
-
-/// Where an input record came from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SourceRef {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// Receives every decoded event with the subscriptions it matched (possibly none). Returns once
-/// everything it produced for the event is acknowledged by Kafka; an error stops the processor
-/// without storing the event's offset.
-pub trait Dispatcher: Send + Sync + 'static {
-    fn dispatch(
-        &self,
-        source: SourceRef,
-        event: Arc<RewardsEvent>,
-        subscriptions: Vec<Arc<Subscription>>,
-    ) -> impl std::future::Future<Output = Result<()>> + Send;
-}
 
 /// Event records being handled at once (decode, match, deliveries), per processor.
 pub const MAX_OUTSTANDING_RECORDS: usize = 4096;
@@ -67,7 +49,7 @@ pub struct Processor<D> {
     table: Arc<SubscriptionTable>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    dispatcher: D,
+    dispatcher: Arc<D>,
 }
 
 impl<D: Dispatcher> Processor<D> {
@@ -77,7 +59,7 @@ impl<D: Dispatcher> Processor<D> {
         table: Arc<SubscriptionTable>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
-        dispatcher: D,
+        dispatcher: Arc<D>,
     ) -> Result<Self> {
         let (context, rebalances) = RebalanceContext::new();
         Ok(Processor {
@@ -198,7 +180,7 @@ impl<D: Dispatcher> Processor<D> {
             event_type = %event.event_type, matches = subs.len(), "event matched"
         );
         self.dispatcher
-            .dispatch(source, Arc::new(event), subs)
+            .dispatch_event(source, Arc::new(event), subs)
             .await
     }
 

@@ -2,81 +2,53 @@
 //! delivery arrives at least once after a restart; the duplicate count is reported), a SIGTERM
 //! finishes in-flight work, commits and exits 0, and a second signal exits at once.
 
-mod common;
+use mgpass_testkit as testkit;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::receiver::{Behaviour, Receiver};
 use mgpass_webhooks::config::Config;
+use testkit::process::{Options, Processor};
+use testkit::receiver::{Behaviour, Receiver};
 
 /// Starts `mgpass-webhooks run` with the test's topics, group and the receiver's CA.
-fn spawn(c: &Config, receiver: &Receiver, extra: &[&str]) -> Child {
-    let t = &c.topics;
-    let mut args: Vec<String> = vec![
-        "--bootstrap-servers".into(),
-        c.kafka.bootstrap_servers.clone(),
-    ];
-    let settings = [
-        ("kafka.group_id", c.kafka.group_id.as_str()),
-        ("topics.events", &t.events),
-        ("topics.subscriptions", &t.subscriptions),
-        ("topics.retry_1s", &t.retry_1s),
-        ("topics.retry_5s", &t.retry_5s),
-        ("topics.retry_25s", &t.retry_25s),
-        ("topics.replay", &t.replay),
-        ("topics.delivery_log", &t.delivery_log),
-        ("topics.failed", &t.failed),
-        ("topics.invalid", &t.invalid),
-        ("admin.listen", "127.0.0.1:0"),
-        ("http.request_timeout_ms", "5000"),
-    ];
-    for (k, v) in settings {
-        args.push("--set".into());
-        args.push(format!("{k}={v}"));
-    }
-    args.push("--set".into());
-    args.push(format!("http.ca_bundle={}", receiver.ca_file().display()));
-    for e in extra {
-        args.push("--set".into());
-        args.push(e.to_string());
-    }
-    args.push("run".into());
-    Command::new(env!("CARGO_BIN_EXE_mgpass-webhooks"))
-        .args(&args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start the processor binary")
+fn spawn(c: &Config, receiver: &Receiver, extra: &[&str]) -> Processor {
+    let mut c = c.clone();
+    c.admin.listen = "127.0.0.1:0".into();
+    c.http.request_timeout_ms = 5000;
+    c.http.ca_bundle = Some(receiver.ca_file());
+    let options = Options {
+        sets: extra.iter().map(|s| s.to_string()).collect(),
+        rust_log: Some("warn".into()),
+        ..Options::default()
+    };
+    Processor::spawn(
+        Path::new(env!("CARGO_BIN_EXE_mgpass-webhooks")),
+        &c,
+        options,
+    )
+    .expect("start the processor binary")
 }
 
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+async fn wait_exit(child: &mut Processor, within: Duration) -> std::process::ExitStatus {
+    child.wait_exit(within).await.unwrap()
 }
 
-async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the processor did not exit within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+fn signal(child: &Processor, sig: &str) {
+    child.signal(sig).unwrap();
 }
 
 fn sub(id: &str, url: &url::Url, secret: &str) -> (Option<String>, Option<Vec<u8>>) {
     (
         Some(id.to_string()),
-        Some(common::subscription_json(id, url.as_str(), &["*"], secret)),
+        Some(testkit::subscription_json(
+            id,
+            url.as_str(),
+            &["*"],
+            None,
+            secret,
+        )),
     )
 }
 
@@ -98,9 +70,9 @@ fn pairs(receiver: &Receiver) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_delivers_every_expected_webhook_at_least_once() {
     let receiver = Receiver::start(Behaviour::Delay(Duration::from_millis(20), 200)).await;
-    let c = common::config("kill9");
-    common::setup_topics(&c).await;
-    let producer = common::producer();
+    let c = testkit::config("kill9");
+    testkit::setup_topics(&c).await;
+    let producer = testkit::producer();
     let paths = ["/a", "/b", "/c"];
     let subs: Vec<_> = paths
         .iter()
@@ -109,17 +81,17 @@ async fn kill_9_mid_stream_then_restart_delivers_every_expected_webhook_at_least
             sub(&p[1..], &receiver.url(p), "s")
         })
         .collect();
-    common::produce_all(&producer, &c.topics.subscriptions, &subs).await;
+    testkit::produce_all(&producer, &c.topics.subscriptions, &subs).await;
     let events: Vec<_> = (0..1_000)
         .map(|i| {
             let user = format!("u{i:04}");
             (
                 Some(user.clone()),
-                Some(common::event_json("rewards.points_awarded", &user)),
+                Some(testkit::event_json("rewards.points_awarded", &user)),
             )
         })
         .collect();
-    common::produce_all(&producer, &c.topics.events, &events).await;
+    testkit::produce_all(&producer, &c.topics.events, &events).await;
     let expected = events.len() * paths.len();
 
     let mut first = spawn(
@@ -135,8 +107,7 @@ async fn kill_9_mid_stream_then_restart_delivers_every_expected_webhook_at_least
         assert!(Instant::now() < deadline, "no progress before the kill");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill(); // SIGKILL, reaped
     let at_kill = receiver.received().len();
     assert!(
         at_kill < expected,
@@ -191,10 +162,10 @@ async fn kill_9_mid_stream_then_restart_delivers_every_expected_webhook_at_least
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_commits_and_exits_0() {
     let receiver = Receiver::start(Behaviour::Delay(Duration::from_secs(2), 200)).await;
-    let c = common::config("sigterm");
-    common::setup_topics(&c).await;
-    let producer = common::producer();
-    common::produce_all(
+    let c = testkit::config("sigterm");
+    testkit::setup_topics(&c).await;
+    let producer = testkit::producer();
+    testkit::produce_all(
         &producer,
         &c.topics.subscriptions,
         &[sub("slow", &receiver.url("/slow"), "s")],
@@ -205,11 +176,11 @@ async fn sigterm_finishes_in_flight_work_commits_and_exits_0() {
             let user = format!("u{i}");
             (
                 Some(user.clone()),
-                Some(common::event_json("rewards.redeemed", &user)),
+                Some(testkit::event_json("rewards.redeemed", &user)),
             )
         })
         .collect();
-    common::produce_all(&producer, &c.topics.events, &events).await;
+    testkit::produce_all(&producer, &c.topics.events, &events).await;
 
     let mut child = spawn(&c, &receiver, &["delivery.shutdown_deadline_secs=20"]);
     let arrived = receiver
@@ -243,21 +214,21 @@ async fn sigterm_finishes_in_flight_work_commits_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let receiver = Receiver::start(Behaviour::Hang).await;
-    let c = common::config("twice");
-    common::setup_topics(&c).await;
-    let producer = common::producer();
-    common::produce_all(
+    let c = testkit::config("twice");
+    testkit::setup_topics(&c).await;
+    let producer = testkit::producer();
+    testkit::produce_all(
         &producer,
         &c.topics.subscriptions,
         &[sub("hang", &receiver.url("/hang"), "s")],
     )
     .await;
-    common::produce_all(
+    testkit::produce_all(
         &producer,
         &c.topics.events,
         &[(
             Some("u".into()),
-            Some(common::event_json("rewards.redeemed", "u")),
+            Some(testkit::event_json("rewards.redeemed", "u")),
         )],
     )
     .await;

@@ -1,17 +1,17 @@
 //! The delivery engine end to end on the real broker, with an in-process HTTPS receiver that
 //! verifies every signature as the guide does.
 
-mod common;
+use mgpass_testkit as testkit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::receiver::{Behaviour, Receiver};
-use mgpass_webhooks::commands::run_processor;
+use mgpass_webhooks::app::run_processor;
 use mgpass_webhooks::config::Config;
 use mgpass_webhooks::delivery::DeliveryLogRecord;
 use mgpass_webhooks::metrics::Metrics;
+use testkit::receiver::{Behaviour, Receiver};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -37,15 +37,15 @@ fn start(c: &Config) -> Running {
     Running { cancel, handle }
 }
 
-/// A keyed record for [`common::produce_all`].
+/// A keyed record for [`testkit::produce_all`].
 type Record = (Option<String>, Option<Vec<u8>>);
 
 /// Produces `subs` to the subscriptions topic and then `events` to the events topic, and starts
 /// the processor.
 async fn given(c: &Config, subs: &[Record], events: &[Record]) -> Running {
-    let producer = common::producer();
-    common::produce_all(&producer, &c.topics.subscriptions, subs).await;
-    common::produce_all(&producer, &c.topics.events, events).await;
+    let producer = testkit::producer();
+    testkit::produce_all(&producer, &c.topics.subscriptions, subs).await;
+    testkit::produce_all(&producer, &c.topics.events, events).await;
     start(c)
 }
 
@@ -73,7 +73,7 @@ fn event(event_type: &str, user: &str, client: Option<&str>) -> Record {
 }
 
 async fn delivery_log(c: &Config, count: usize) -> Vec<DeliveryLogRecord> {
-    common::read_topic(&c.topics.delivery_log, count, Duration::from_secs(60))
+    testkit::read_topic(&c.topics.delivery_log, count, Duration::from_secs(60))
         .await
         .iter()
         .map(|m| serde_json::from_slice(rdkafka::Message::payload(m).unwrap()).unwrap())
@@ -81,12 +81,12 @@ async fn delivery_log(c: &Config, count: usize) -> Vec<DeliveryLogRecord> {
 }
 
 async fn setup(name: &str, receiver: &Receiver) -> Config {
-    let mut c = common::config(name);
+    let mut c = testkit::config(name);
     c.http = receiver.http_config();
     c.http.request_timeout_ms = 2_000;
     c.http.connect_timeout_ms = 1_000;
     c.delivery.shutdown_deadline_secs = 3;
-    common::setup_topics(&c).await;
+    testkit::setup_topics(&c).await;
     c
 }
 
@@ -102,7 +102,7 @@ async fn events_times_subscriptions_give_exactly_the_expected_signed_deliveries(
         ("scoped", vec![pts], Some("app1"), true),
         ("off", vec!["*"], None, false),
     ];
-    let producer = common::producer();
+    let producer = testkit::producer();
     let mut records = Vec::new();
     for (id, types, client, enabled) in &subs {
         let path = format!("/{id}");
@@ -116,7 +116,7 @@ async fn events_times_subscriptions_give_exactly_the_expected_signed_deliveries(
             *enabled,
         ));
     }
-    common::produce_all(&producer, &c.topics.subscriptions, &records).await;
+    testkit::produce_all(&producer, &c.topics.subscriptions, &records).await;
     let events = [
         event(pts, "u1", None),
         event(pts, "u2", Some("app1")),
@@ -124,7 +124,7 @@ async fn events_times_subscriptions_give_exactly_the_expected_signed_deliveries(
         event("cashback.processed", "u4", None),
         event("custom.unknown", "u5", Some("app1")),
     ];
-    common::produce_all(&producer, &c.topics.events, &events).await;
+    testkit::produce_all(&producer, &c.topics.events, &events).await;
     // Expected (path → users): all: u1..u5; points: u1,u2,u3; cash: u4; scoped: u2; off: none.
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (path, users) in [
@@ -259,8 +259,8 @@ async fn retries_use_the_current_subscription_and_stop_when_it_is_deleted() {
     receiver.set_behaviour("/old", Behaviour::Status(500));
     receiver.set_behaviour("/gone", Behaviour::Status(500));
     receiver.set_secret("/new", "rotated");
-    let producer = common::producer();
-    common::produce_all(
+    let producer = testkit::producer();
+    testkit::produce_all(
         &producer,
         &c.topics.subscriptions,
         &[
@@ -269,7 +269,7 @@ async fn retries_use_the_current_subscription_and_stop_when_it_is_deleted() {
         ],
     )
     .await;
-    common::produce_all(
+    testkit::produce_all(
         &producer,
         &c.topics.events,
         &[event("rewards.redeemed", "u1", None)],
@@ -279,7 +279,7 @@ async fn retries_use_the_current_subscription_and_stop_when_it_is_deleted() {
     receiver.wait_for("/old", 1, Duration::from_secs(30)).await;
     receiver.wait_for("/gone", 1, Duration::from_secs(30)).await;
     // Before the 1 s retry: move "moving" to a new URL and secret, delete "gone".
-    common::produce_all(
+    testkit::produce_all(
         &producer,
         &c.topics.subscriptions,
         &[
@@ -384,7 +384,7 @@ async fn endpoint_that_always_fails_gets_4_attempts_at_0_1_6_31_s_then_one_faile
             "attempts at {at:?}"
         );
     }
-    let failed = common::read_topic(&c.topics.failed, 1, Duration::from_secs(30)).await;
+    let failed = testkit::read_topic(&c.topics.failed, 1, Duration::from_secs(30)).await;
     assert_eq!(failed.len(), 1);
     let task: mgpass_webhooks::delivery::DeliveryTask =
         serde_json::from_slice(rdkafka::Message::payload(&failed[0]).unwrap()).unwrap();
@@ -399,7 +399,7 @@ async fn endpoint_that_always_fails_gets_4_attempts_at_0_1_6_31_s_then_one_faile
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received_on("/down").len(), 4, "no fifth attempt");
     assert_eq!(
-        common::read_topic(&c.topics.failed, 2, Duration::from_secs(3))
+        testkit::read_topic(&c.topics.failed, 2, Duration::from_secs(3))
             .await
             .len(),
         1

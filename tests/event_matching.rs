@@ -1,12 +1,12 @@
 //! The processor's event loop against a real broker: matching waits for the complete table, and
 //! undecodable events go to the invalid topic without stopping consumption.
 
-mod common;
+use mgpass_testkit as testkit;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mgpass_webhooks::commands::run_pipeline;
+use mgpass_webhooks::app::run_pipeline;
 use mgpass_webhooks::metrics::Metrics;
 use mgpass_webhooks::processor::{HEADER_INVALID_REASON, HEADER_SOURCE_OFFSET};
 use mgpass_webhooks::subscriptions::SubscriptionTable;
@@ -15,16 +15,16 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_produced_before_the_table_loaded_is_matched_against_the_complete_table() {
-    let c = common::config("complete");
-    common::setup_topics(&c).await;
-    let producer = common::producer();
+    let c = testkit::config("complete");
+    testkit::setup_topics(&c).await;
+    let producer = testkit::producer();
     // The event is in Kafka before the processor (and its table load) even starts.
-    common::produce_all(
+    testkit::produce_all(
         &producer,
         &c.topics.events,
         &[(
             Some("usr_1".into()),
-            Some(common::event_json("rewards.points_awarded", "usr_1")),
+            Some(testkit::event_json("rewards.points_awarded", "usr_1")),
         )],
     )
     .await;
@@ -38,33 +38,34 @@ async fn event_produced_before_the_table_loaded_is_matched_against_the_complete_
             };
             (
                 Some(id.clone()),
-                Some(common::subscription_json(
+                Some(testkit::subscription_json(
                     &id,
                     "https://x.example/h",
                     t,
+                    None,
                     "s",
                 )),
             )
         })
         .chain(std::iter::once((
             Some("sub_other".to_string()),
-            Some(common::subscription_json(
+            Some(testkit::subscription_json(
                 "sub_other",
                 "https://x.example/h",
                 &["cashback.processed"],
+                None,
                 "s",
             )),
         )))
         .collect();
-    common::produce_all(&producer, &c.topics.subscriptions, &subs).await;
+    testkit::produce_all(&producer, &c.topics.subscriptions, &subs).await;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     let run = tokio::spawn(run_pipeline(
         c.clone(),
         Arc::new(SubscriptionTable::new()),
-        common::ChannelDispatcher(tx),
-        None,
+        Arc::new(testkit::ChannelDispatcher(tx)),
         Arc::new(Metrics::new()),
         cancel.clone(),
     ));
@@ -83,26 +84,27 @@ async fn event_produced_before_the_table_loaded_is_matched_against_the_complete_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_events_go_to_the_invalid_topic_and_consumption_continues() {
-    let c = common::config("invalid");
-    common::setup_topics(&c).await;
-    let producer = common::producer();
+    let c = testkit::config("invalid");
+    testkit::setup_topics(&c).await;
+    let producer = testkit::producer();
     let bad: &[u8] = b"this is not json \xff";
-    common::produce_all(
+    testkit::produce_all(
         &producer,
         &c.topics.subscriptions,
         &[(
             Some("sub_1".into()),
-            Some(common::subscription_json(
+            Some(testkit::subscription_json(
                 "sub_1",
                 "https://x.example/h",
                 &["*"],
+                None,
                 "s",
             )),
         )],
     )
     .await;
     // All on one partition (same key) so the good event comes after the bad ones.
-    common::produce_all(
+    testkit::produce_all(
         &producer,
         &c.topics.events,
         &[
@@ -114,7 +116,7 @@ async fn undecodable_events_go_to_the_invalid_topic_and_consumption_continues() 
             (Some("usr_9".into()), None),
             (
                 Some("usr_9".into()),
-                Some(common::event_json("cashback.processed", "usr_9")),
+                Some(testkit::event_json("cashback.processed", "usr_9")),
             ),
         ],
     )
@@ -126,8 +128,7 @@ async fn undecodable_events_go_to_the_invalid_topic_and_consumption_continues() 
     let run = tokio::spawn(run_pipeline(
         c.clone(),
         Arc::new(SubscriptionTable::new()),
-        common::ChannelDispatcher(tx),
-        None,
+        Arc::new(testkit::ChannelDispatcher(tx)),
         metrics.clone(),
         cancel.clone(),
     ));
@@ -141,7 +142,7 @@ async fn undecodable_events_go_to_the_invalid_topic_and_consumption_continues() 
     assert_eq!(source.offset, 3);
     assert_eq!(matched.len(), 1);
 
-    let invalid = common::read_topic(&c.topics.invalid, 3, Duration::from_secs(30)).await;
+    let invalid = testkit::read_topic(&c.topics.invalid, 3, Duration::from_secs(30)).await;
     assert_eq!(
         invalid.len(),
         3,

@@ -1,14 +1,14 @@
 //! One HTTP attempt against a real in-process HTTPS receiver: what goes on the wire, and how every
 //! kind of failure is classified. No Kafka needed.
 
-mod common;
+use mgpass_testkit as testkit;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::receiver::{Behaviour, Receiver};
 use mgpass_webhooks::config::HttpConfig;
 use mgpass_webhooks::delivery::http::{AttemptResult, HttpClient, Outcome, Request, Transport};
+use testkit::receiver::{Behaviour, Receiver};
 
 const BODY: &str = r#"{"event_type":"rewards.points_awarded","data":{"user_id":"usr_abc123","points":150,"note":"é🎉"},"timestamp":"2025-01-15T10:30:00.000Z"}"#;
 

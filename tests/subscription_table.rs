@@ -1,7 +1,7 @@
 //! The subscription table against a real broker: a large load with updates, tombstones and
 //! invalid records; following after the load; topic setup idempotence.
 
-mod common;
+use mgpass_testkit as testkit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +23,8 @@ const TYPES: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_10000_records_with_updates_tombstones_and_invalid_ones_to_the_right_final_table() {
-    let c = common::config("table10k");
-    common::setup_topics(&c).await;
+    let c = testkit::config("table10k");
+    testkit::setup_topics(&c).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     // id → (url, event type, secret, enabled) of the last good version.
     let mut expected: BTreeMap<String, (String, String, String, bool)> = BTreeMap::new();
@@ -49,16 +49,22 @@ async fn loads_10000_records_with_updates_tombstones_and_invalid_ones_to_the_rig
             // Invalid versions of the same id: the last good one must survive.
             let bad = match roll % 4 {
                 0 => b"{not json".to_vec(),
-                1 => common::subscription_json(&id, "ftp://nope", &["*"], "s"),
-                2 => common::subscription_json(&id, "https://p.example/h", &["rewards.bogus"], "s"),
-                _ => common::subscription_json(&id, "https://p.example/h", &["*"], ""),
+                1 => testkit::subscription_json(&id, "ftp://nope", &["*"], None, "s"),
+                2 => testkit::subscription_json(
+                    &id,
+                    "https://p.example/h",
+                    &["rewards.bogus"],
+                    None,
+                    "s",
+                ),
+                _ => testkit::subscription_json(&id, "https://p.example/h", &["*"], None, ""),
             };
             records.push((Some(id.clone()), Some(bad)));
             invalid += 1;
         }
     }
-    let producer = common::producer();
-    common::produce_all(&producer, &c.topics.subscriptions, &records).await;
+    let producer = testkit::producer();
+    testkit::produce_all(&producer, &c.topics.subscriptions, &records).await;
 
     let table = Arc::new(SubscriptionTable::new());
     let metrics = Arc::new(Metrics::new());
@@ -101,8 +107,8 @@ async fn loads_10000_records_with_updates_tombstones_and_invalid_ones_to_the_rig
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_topic_loads_at_once_and_the_table_keeps_following() {
-    let c = common::config("follow");
-    common::setup_topics(&c).await;
+    let c = testkit::config("follow");
+    testkit::setup_topics(&c).await;
     let table = Arc::new(SubscriptionTable::new());
     let metrics = Arc::new(Metrics::new());
     let cancel = CancellationToken::new();
@@ -113,10 +119,10 @@ async fn empty_topic_loads_at_once_and_the_table_keeps_following() {
         .expect("an empty subscriptions topic must load");
     assert!(table.is_empty());
 
-    let producer = common::producer();
-    let good = common::subscription_json("sub_a", "https://a.example/h", &["*"], "s1");
-    let bad = common::subscription_json("sub_a", "https://a.example/h", &["*"], "");
-    common::produce_all(
+    let producer = testkit::producer();
+    let good = testkit::subscription_json("sub_a", "https://a.example/h", &["*"], None, "s1");
+    let bad = testkit::subscription_json("sub_a", "https://a.example/h", &["*"], None, "");
+    testkit::produce_all(
         &producer,
         &c.topics.subscriptions,
         &[
@@ -140,7 +146,7 @@ async fn empty_topic_loads_at_once_and_the_table_keeps_following() {
         "the invalid update must not replace the good one"
     );
 
-    common::produce_all(
+    testkit::produce_all(
         &producer,
         &c.topics.subscriptions,
         &[(Some("sub_a".into()), None)],
@@ -153,8 +159,8 @@ async fn empty_topic_loads_at_once_and_the_table_keeps_following() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_setup_twice_is_harmless_and_compacts_subscriptions() {
-    let c = common::config("setup");
-    common::setup_topics(&c).await;
+    let c = testkit::config("setup");
+    testkit::setup_topics(&c).await;
     let again = topics::setup(&c).await.unwrap();
     assert_eq!(again.len(), 9);
     for (name, outcome) in again {

@@ -24,13 +24,10 @@ use tracing::{debug, info, warn};
 
 use super::http::{AttemptResult, HttpClient, Outcome, Request};
 use super::{
-    after_failure, delivery_id, now_ms, rfc3339_ms, AfterFailure, DeliveryLogRecord, DeliveryTask,
-    Source, Tier,
+    after_failure, now_ms, rfc3339_ms, AfterFailure, DeliveryLogRecord, DeliveryTask, Tier,
 };
 use crate::config::Config;
-use crate::events::RewardsEvent;
 use crate::metrics::Metrics;
-use crate::processor::{Dispatcher, SourceRef};
 use crate::signing::sign;
 use crate::subscriptions::{Subscription, SubscriptionTable};
 
@@ -306,38 +303,6 @@ impl Engine {
         });
         try_join_all(sends).await.map(|_| ())
     }
-
-    /// The first-attempt tasks of an event for its matching subscriptions.
-    pub fn first_tasks(
-        source: &SourceRef,
-        event: &RewardsEvent,
-        subscriptions: &[Arc<Subscription>],
-    ) -> Vec<DeliveryTask> {
-        if subscriptions.is_empty() {
-            return Vec::new();
-        }
-        let body = crate::body::build_body(&event.event_type, &event.data, &event.timestamp);
-        let body =
-            super::Body::from(String::from_utf8(body).expect("the body builder writes UTF-8"));
-        let key = event.idempotency_key();
-        let now = now_ms();
-        subscriptions
-            .iter()
-            .map(|s| DeliveryTask {
-                delivery_id: delivery_id(source, &s.id),
-                subscription_id: s.id.clone(),
-                event_type: event.event_type.clone(),
-                idempotency_key: key.clone(),
-                body: body.clone(),
-                attempt: 1,
-                due_at_ms: now,
-                first_attempt_at_ms: now,
-                source: Source::from(source),
-                last_error: None,
-                last_status: None,
-            })
-            .collect()
-    }
 }
 
 /// The concurrency limit of one endpoint (URL origin) and what tells a busy endpoint from a
@@ -496,20 +461,6 @@ struct Output {
     topic: String,
     key: String,
     value: Vec<u8>,
-}
-
-impl Dispatcher for Arc<Engine> {
-    async fn dispatch(
-        &self,
-        source: SourceRef,
-        event: Arc<RewardsEvent>,
-        subscriptions: Vec<Arc<Subscription>>,
-    ) -> Result<()> {
-        let tasks = Engine::first_tasks(&source, &event, &subscriptions);
-        try_join_all(tasks.into_iter().map(|t| self.attempt(t)))
-            .await
-            .map(|_| ())
-    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,15 @@
 //! Delivery of matched events to endpoints: the delivery task that travels through the retry,
 //! replay and failed topics, the delivery-log record written for every attempt, the stable
-//! delivery id and the retry schedule. The HTTP attempt lives in [`http`], the per-partition
-//! commit bookkeeping in [`offsets`].
+//! delivery id and the retry schedule. One attempt end to end is the [`engine`]; the HTTP
+//! request itself is [`http`]. Nothing here consumes from Kafka: the consume loops
+//! (`processor`, `retries`) sit above and hand work down.
 //!
 //! The retry schedule is SPEC §4: attempt 1 at once; attempt 2 one second after attempt 1
 //! failed, attempt 3 five seconds after attempt 2 failed, attempt 4 twenty-five seconds after
 //! attempt 3 failed; a fourth failure ends the delivery in the failed topic.
 
-pub mod consumer;
 pub mod engine;
 pub mod http;
-pub mod offsets;
-pub mod retry;
 
 use std::sync::Arc;
 
@@ -19,7 +17,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use crate::processor::SourceRef;
+use crate::kafka::SourceRef;
 
 /// Attempts a delivery gets before it goes to the failed topic.
 pub const MAX_ATTEMPTS: u32 = 4;
@@ -87,24 +85,6 @@ pub fn delivery_id(source: &SourceRef, subscription_id: &str) -> String {
     h.update(subscription_id.as_bytes());
     let digest = h.finalize();
     format!("dlv_{}", hex::encode(&digest[..16]))
-}
-
-/// Where a delivery's event came from, as recorded in tasks and logs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Source {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl From<&SourceRef> for Source {
-    fn from(s: &SourceRef) -> Self {
-        Source {
-            topic: s.topic.clone(),
-            partition: s.partition,
-            offset: s.offset,
-        }
-    }
 }
 
 /// A webhook body: the exact UTF-8 JSON text that is signed and sent. Built once per event and
@@ -182,7 +162,7 @@ pub struct DeliveryTask {
     /// Not to be attempted before this time (Unix milliseconds).
     pub due_at_ms: i64,
     pub first_attempt_at_ms: i64,
-    pub source: Source,
+    pub source: SourceRef,
     #[serde(default)]
     pub last_error: Option<String>,
     #[serde(default)]
@@ -196,7 +176,7 @@ pub struct DeliveryLogRecord {
     pub subscription_id: String,
     pub event_type: String,
     pub idempotency_key: String,
-    pub source: Source,
+    pub source: SourceRef,
     pub attempt: u32,
     /// `success`, `http_error`, `timeout`, `connect_error`, `tls_error`, `redirect`,
     /// `request_error`, `endpoint_saturated`, `subscription_deleted`, `subscription_disabled`.
@@ -287,7 +267,7 @@ mod tests {
             attempt: 2,
             due_at_ms: 1,
             first_attempt_at_ms: 0,
-            source: Source {
+            source: SourceRef {
                 topic: "t".into(),
                 partition: 0,
                 offset: 5,

@@ -1,12 +1,12 @@
-//! The retry-tier and replay consumers: read delivery tasks, hold each until its due time, then
-//! hand it to the [`Engine`] with many attempts in flight.
+//! The retry-tier and replay consume loops: read delivery tasks, hold each until its due time,
+//! then hand it to the [`Dispatcher`] with many attempts in flight.
 //!
 //! Guarantees: a task is never attempted before `due_at_ms`. Only a partition whose head is not
 //! yet due is paused; the loop keeps polling while partitions are paused (so it never exceeds
 //! `max.poll.interval.ms`), and other partitions, tiers and fresh events flow on. Records fetched
 //! before a pause took effect are held in order, not dropped. A task's offset is released for
-//! commit only when the engine has its outputs acknowledged, through the contiguous-prefix
-//! [`OffsetTracker`]. A record that is not a delivery task is logged, counted and skipped.
+//! commit only when the dispatcher has its outputs acknowledged, through the contiguous-prefix
+//! [`OffsetTracker`]. A record that is not a delivery task is logged and skipped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,21 +19,22 @@ use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::consumer::{InFlight, RebalanceContext, RebalanceEvent};
-use super::engine::Engine;
-use super::offsets::{OffsetTracker, Token};
-use super::{now_ms, DeliveryTask};
 use crate::config::Config;
+use crate::delivery::{now_ms, DeliveryTask};
+use crate::dispatch::Dispatcher;
 use crate::kafka;
+use crate::kafka::consumer::{RebalanceContext, RebalanceEvent};
+use crate::kafka::in_flight::InFlight;
+use crate::kafka::offsets::{OffsetTracker, Token};
 
 /// Tasks being attempted at once per task consumer.
 pub const MAX_OUTSTANDING_TASKS: usize = 4096;
 
-pub struct TaskConsumer {
+pub struct TaskConsumer<D> {
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     rebalances: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
     topic: String,
-    engine: Arc<Engine>,
+    dispatcher: Arc<D>,
     shutdown_deadline: Duration,
     /// Partitions this consumer paused. Pause and resume are called on changes only: each
     /// call is a librdkafka operation that also discards the partition's prefetched records
@@ -46,9 +47,9 @@ struct Held {
     task: DeliveryTask,
 }
 
-impl TaskConsumer {
+impl<D: Dispatcher> TaskConsumer<D> {
     /// A consumer of `topic` (a retry tier or the replay topic) in group `<kafka.group_id>.<topic>`.
-    pub fn new(config: &Config, topic: &str, engine: Arc<Engine>) -> Result<Self> {
+    pub fn new(config: &Config, topic: &str, dispatcher: Arc<D>) -> Result<Self> {
         let (context, rebalances) = RebalanceContext::new();
         // A group of its own per task topic: a tier consumer joining or leaving never
         // rebalances (and so never interrupts) the event consumer or the other tiers.
@@ -58,7 +59,7 @@ impl TaskConsumer {
             consumer: Arc::new(consumer),
             rebalances,
             topic: topic.to_string(),
-            engine,
+            dispatcher,
             shutdown_deadline: Duration::from_secs(config.delivery.shutdown_deadline_secs),
             paused: HashSet::new(),
         })
@@ -125,9 +126,12 @@ impl TaskConsumer {
             for (partition, queue) in held.iter_mut() {
                 while queue.front().is_some_and(|h| h.task.due_at_ms <= now) {
                     let h = queue.pop_front().expect("front exists");
-                    let engine = self.engine.clone();
+                    let dispatcher = self.dispatcher.clone();
                     in_flight
-                        .spawn(h.token, async move { engine.attempt(h.task).await })
+                        .spawn(
+                            h.token,
+                            async move { dispatcher.dispatch_task(h.task).await },
+                        )
                         .await?;
                 }
                 if queue.is_empty() {

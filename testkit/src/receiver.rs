@@ -12,9 +12,8 @@
 //!   with Node itself.
 //! - Dropping the [`Receiver`] stops the server and every connection, hung requests included.
 //!
-//! The certificates and the HTTPS server loop are [`mgpass_webhooks::local_https`], shared with
-//! the benchmark's receiver.
-#![allow(dead_code)]
+//! The certificates and the HTTPS server loop are [`crate::https`], shared with the benchmark's
+//! receiver.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,9 +21,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::https::{self, response, Handler, LocalTls, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mgpass_webhooks::local_https::{self, response, Handler, LocalTls, Response};
 use mgpass_webhooks::signing;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -156,7 +155,7 @@ impl Receiver {
             let shared = shared.clone();
             Arc::new(move |req| Box::pin(handle(shared.clone(), req)))
         };
-        let server = tokio::spawn(local_https::serve(listener, tls, 1024, handler));
+        let server = tokio::spawn(https::serve(listener, tls, 1024, handler));
         Receiver {
             shared,
             addr,

@@ -9,7 +9,7 @@
 //! `/s/<n>` its `X-Webhook-Signature` is verified with [`secret_for`]`(n)`. Counting happens
 //! after recording, so a waiter that sees the count also sees the record.
 //!
-//! The certificates and the HTTPS server loop are [`mgpass_webhooks::local_https`], shared with
+//! The certificates and the HTTPS server loop are [`mgpass_testkit::https`], shared with
 //! the tests' receiver. Unlike the tests' receiver it keeps no bodies: it must stay cheap at tens of thousands of
 //! requests per second on the same two cores as the processor and the broker.
 
@@ -25,7 +25,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mgpass_webhooks::local_https::{self, response, Handler, LocalTls, Response};
+use mgpass_testkit::https::{self, response, Handler, LocalTls, Response};
 use mgpass_webhooks::signing;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -172,7 +172,7 @@ impl Receiver {
                 }
             };
             // Far above any per-endpoint limit the processor is run with.
-            r.listeners.push(tokio::spawn(local_https::serve(
+            r.listeners.push(tokio::spawn(https::serve(
                 listener,
                 Some(acceptor.clone()),
                 4096,

@@ -1,19 +1,18 @@
-//! Shared helpers of the integration tests. They run against a real Kafka broker at
-//! `MGPASS_TEST_BOOTSTRAP` (default 127.0.0.1:9092; `scripts/test.sh` starts one) and fail
-//! loudly when none answers. Every test gets topics and a consumer group of its own.
-#![allow(dead_code)]
+//! Kafka fixtures against a real broker at `MGPASS_TEST_BOOTSTRAP` (default 127.0.0.1:9092): a
+//! test's own topics and consumer group, producers that wait for every acknowledgement, and
+//! bounded reads of a topic from the beginning. Nothing here skips when Kafka is missing: it
+//! panics (tests) or returns an error (the benchmark) naming what to start.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, Result};
 use mgpass_webhooks::config::{Config, TopicNames};
-use mgpass_webhooks::events::RewardsEvent;
 use mgpass_webhooks::kafka;
-use mgpass_webhooks::processor::{Dispatcher, SourceRef};
-use mgpass_webhooks::subscriptions::Subscription;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub fn bootstrap() -> String {
@@ -60,6 +59,7 @@ pub async fn setup_topics(c: &Config) {
         .expect("topic setup");
 }
 
+/// The tests' producer: idempotent, lingering 5 ms.
 pub fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -69,48 +69,72 @@ pub fn producer() -> FutureProducer {
         .expect("test producer")
 }
 
-/// Produces records in order (enqueued one after another) and waits for every acknowledgement.
+/// Enqueues one record, waiting while the local queue is full.
+pub async fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<DeliveryFuture> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(anyhow!("producing to {topic:?}: {e}")),
+        }
+    }
+}
+
+/// Waits for every acknowledgement, failing on the first record the broker did not take.
+pub async fn await_acks(acks: Vec<DeliveryFuture>, topic: &str) -> Result<()> {
+    for ack in acks {
+        ack.await
+            .map_err(|_| anyhow!("producer dropped a record for {topic:?}"))?
+            .map_err(|(e, _)| anyhow!("record to {topic:?} not acknowledged: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Produces `(key, value)` records in order (enqueued one after another; `None` value = a
+/// tombstone) and waits for every acknowledgement. Returns how many were produced.
+pub async fn try_produce_all<K, V>(
+    producer: &FutureProducer,
+    topic: &str,
+    records: impl IntoIterator<Item = (Option<K>, Option<V>)>,
+) -> Result<u64>
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut acks = Vec::new();
+    for (k, v) in records {
+        let key = k.as_ref().map(AsRef::as_ref);
+        let value = v.as_ref().map(AsRef::as_ref);
+        acks.push(enqueue(producer, topic, key, value).await?);
+    }
+    let n = acks.len() as u64;
+    await_acks(acks, topic).await?;
+    Ok(n)
+}
+
+/// [`try_produce_all`] for tests: panics naming the error.
 pub async fn produce_all(
     producer: &FutureProducer,
     topic: &str,
     records: &[(Option<String>, Option<Vec<u8>>)],
 ) {
-    let mut acks = Vec::with_capacity(records.len());
-    for (key, value) in records {
-        let mut r: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
-        if let Some(k) = key {
-            r = r.key(k.as_str());
-        }
-        if let Some(v) = value {
-            r = r.payload(v.as_slice());
-        }
-        loop {
-            match producer.send_result(r) {
-                Ok(ack) => {
-                    acks.push(ack);
-                    break;
-                }
-                Err((e, back)) => {
-                    // Queue full: let it drain, then retry the same record.
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ),
-                        "produce failed: {e}"
-                    );
-                    r = back;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    }
-    for ack in acks {
-        ack.await
-            .expect("delivery future dropped")
-            .expect("record not acknowledged");
+    if let Err(e) = try_produce_all(producer, topic, records.iter().cloned()).await {
+        panic!("produce failed: {e:#}");
     }
 }
 
@@ -143,39 +167,3 @@ pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Own
     }
     out
 }
-
-/// What a [`ChannelDispatcher`] saw for one event.
-pub type Dispatched = (SourceRef, Arc<RewardsEvent>, Vec<Arc<Subscription>>);
-
-/// A dispatcher that hands every event to the test.
-pub struct ChannelDispatcher(pub tokio::sync::mpsc::UnboundedSender<Dispatched>);
-
-impl Dispatcher for ChannelDispatcher {
-    async fn dispatch(
-        &self,
-        source: SourceRef,
-        event: Arc<RewardsEvent>,
-        subscriptions: Vec<Arc<Subscription>>,
-    ) -> anyhow::Result<()> {
-        let _ = self.0.send((source, event, subscriptions));
-        Ok(())
-    }
-}
-
-/// A valid subscription record as JSON.
-pub fn subscription_json(id: &str, url: &str, event_types: &[&str], secret: &str) -> Vec<u8> {
-    serde_json::json!({"id": id, "url": url, "event_types": event_types, "secret": secret})
-        .to_string()
-        .into_bytes()
-}
-
-pub fn event_json(event_type: &str, user: &str) -> Vec<u8> {
-    serde_json::json!({
-        "event_type": event_type,
-        "data": {"user_id": user, "points": 150.0},
-        "timestamp": "2025-01-15T10:30:00.000Z"
-    })
-    .to_string()
-    .into_bytes()
-}
-pub mod receiver;

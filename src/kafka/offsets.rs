@@ -23,12 +23,12 @@
 //!
 //! # Storing the released value with rdkafka
 //!
-//! The released value is already `+ 1`. Store it **as is** through
+//! The released value is already `+ 1`. Either store it **as is** through
 //! `Consumer::store_offsets(&tpl)` with `Offset::Offset(value)` (librdkafka's
 //! `rd_kafka_offsets_store`, which stores the `.offset` field unchanged) or commit it through
-//! `Consumer::commit(&tpl, ..)`. Do **not** pass it to `Consumer::store_offset(topic, partition,
-//! offset)`: that calls the legacy `rd_kafka_offset_store`, which adds 1 itself and would skip a
-//! record.
+//! `Consumer::commit(&tpl, ..)`; or pass **`value - 1`** to `Consumer::store_offset(topic,
+//! partition, offset)`, the legacy `rd_kafka_offset_store`, which adds 1 itself. The processor does
+//! the latter ([`super::consumer::store`]); passing `value` there would skip a record.
 //!
 //! # Rebalances
 //!

@@ -1,7 +1,13 @@
-//! librdkafka client configuration for every role: the output producer (idempotent, `acks=all`),
-//! the processor's group consumers, the group-less subscription reader and the admin client.
-//! Our defaults come first and `kafka.properties` are applied last, so operators can set SASL,
-//! SSL or any tuning property; an unknown property fails client creation naming it.
+//! Kafka plumbing, below everything that consumes or produces records:
+//!
+//! - this module: librdkafka client configuration for every role (the output producer,
+//!   idempotent with `acks=all`; the processor's group consumers; the group-less readers; the
+//!   admin client) and [`SourceRef`], the coordinates of an input record. Our defaults come
+//!   first and `kafka.properties` are applied last, so operators can set SASL, SSL or any tuning
+//!   property; an unknown property fails client creation naming it;
+//! - [`consumer`]: the rebalance listener of the group consumers and the offset store;
+//! - [`offsets`]: the per-partition contiguous-prefix offset tracker;
+//! - [`in_flight`]: the bounded set of records being handled concurrently.
 
 use std::time::Duration;
 
@@ -13,6 +19,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 
 use crate::config::Config;
+
+pub mod consumer;
+pub mod in_flight;
+pub mod offsets;
+
+/// Where an input record came from: in tasks, delivery-log records and the stable delivery id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SourceRef {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
 
 /// Default timeout of metadata and watermark requests.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,11 +6,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use mgpass_testkit::fixtures::{await_acks, enqueue};
 use mgpass_webhooks::config::Config;
 use rdkafka::admin::AdminOptions;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
 use crate::receiver::unix_us;
@@ -58,26 +57,6 @@ pub fn webhook_body(seq: u64, event_type: &str, sent_us: i64) -> String {
     )
 }
 
-/// A subscription record value.
-pub fn subscription_json(
-    id: &str,
-    url: &str,
-    event_types: &[&str],
-    client_id: Option<&str>,
-    secret: &str,
-) -> Vec<u8> {
-    serde_json::json!({
-        "id": id,
-        "url": url,
-        "event_types": event_types,
-        "client_id": client_id,
-        "secret": secret,
-        "enabled": true,
-    })
-    .to_string()
-    .into_bytes()
-}
-
 /// Creates the run's topics with the product's topic setup.
 pub async fn create_topics(config: &Config) -> Result<()> {
     mgpass_webhooks::kafka::check_reachable(config, Duration::from_secs(15))?;
@@ -99,50 +78,6 @@ pub async fn delete_topics(config: &Config) {
     }
 }
 
-/// Enqueues one record, waiting while the local queue is full.
-async fn enqueue(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    value: &[u8],
-) -> Result<DeliveryFuture> {
-    let mut record = FutureRecord::to(topic).key(key).payload(value);
-    loop {
-        match producer.send_result(record) {
-            Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(anyhow!("producing to {topic:?}: {e}")),
-        }
-    }
-}
-
-async fn await_acks(acks: Vec<DeliveryFuture>, topic: &str) -> Result<()> {
-    for ack in acks {
-        ack.await
-            .map_err(|_| anyhow!("producer dropped a record for {topic:?}"))?
-            .map_err(|(e, _)| anyhow!("record to {topic:?} not acknowledged: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Produces `records` (key, value) and waits for every acknowledgement.
-pub async fn produce_all(
-    producer: &FutureProducer,
-    topic: &str,
-    records: impl IntoIterator<Item = (String, Vec<u8>)>,
-) -> Result<u64> {
-    let mut acks = Vec::new();
-    for (k, v) in records {
-        acks.push(enqueue(producer, topic, &k, &v).await?);
-    }
-    let n = acks.len() as u64;
-    await_acks(acks, topic).await?;
-    Ok(n)
-}
-
 /// Produces `n` events made by `make(seq)` (key, value) as fast as the broker takes them.
 /// Returns the time it took, acknowledgements included.
 pub async fn produce_backlog(
@@ -155,7 +90,7 @@ pub async fn produce_backlog(
     let mut acks = Vec::with_capacity(n as usize);
     for seq in 0..n {
         let (k, v) = make(seq);
-        acks.push(enqueue(producer, topic, &k, &v).await?);
+        acks.push(enqueue(producer, topic, Some(k.as_bytes()), Some(&v)).await?);
     }
     await_acks(acks, topic).await?;
     Ok(started.elapsed())
@@ -194,7 +129,7 @@ pub async fn produce_paced(
             let scheduled = sent as f64 / rate;
             max_behind = max_behind.max((elapsed - scheduled) * 1000.0);
             let (k, v) = make(sent);
-            acks.push(enqueue(producer, topic, &k, &v).await?);
+            acks.push(enqueue(producer, topic, Some(k.as_bytes()), Some(&v)).await?);
             sent += 1;
         }
     }

@@ -16,7 +16,6 @@
 //! Everything stays on 127.0.0.1 and is bounded in time and traffic.
 
 mod ceiling;
-mod child;
 mod floor;
 mod load;
 mod procfs;
@@ -35,9 +34,9 @@ use mgpass_webhooks::events::KNOWN_EVENT_TYPES;
 use rdkafka::producer::FutureProducer;
 
 use crate::ceiling::Ceiling;
-use crate::child::Processor;
 use crate::receiver::{secret_for, Alpn, Receiver};
 use crate::report::{LatencyMs, RunResult, Window};
+use mgpass_testkit::process::{self, Options, Processor};
 
 /// The same allocator as the processor: the receiver and the ceiling client allocate per request,
 /// and the system allocator's arena locks would make the bench, not the processor, the bottleneck.
@@ -529,14 +528,13 @@ impl Bench {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis();
         let prefix = format!("bench-{stamp}-{}.", spec.id);
-        let admin_port = child::free_port()?;
+        let admin_port = process::free_port()?;
         let config = self.config(spec, &prefix, admin_port);
         let problems = config.validate();
         if !problems.is_empty() {
             bail!("bench config is invalid: {}", problems.join("; "));
         }
         let config_file = self.work_dir.join(format!("{}.toml", spec.id));
-        std::fs::write(&config_file, processor_toml(&config))?;
         load::create_topics(&config).await?;
         let result = self.run_on_topics(spec, &config, &config_file).await;
         if !self.args.keep_topics {
@@ -559,17 +557,19 @@ impl Bench {
         // Subscriptions first, then (backlog runs) the events, all acknowledged before start.
         let subs = spec.subs.iter().map(|s| {
             let id = format!("sub_{:06}", s.n);
-            let value = load::subscription_json(
+            let value = mgpass_testkit::subscription_json(
                 &id,
                 &self.url(s),
                 &s.event_types,
                 s.client_id.as_deref(),
                 &secret_for(s.n),
             );
-            (id, value)
+            (Some(id), Some(value))
         });
         let t = Instant::now();
-        let n_subs = load::produce_all(&self.producer, &config.topics.subscriptions, subs).await?;
+        let n_subs =
+            mgpass_testkit::try_produce_all(&self.producer, &config.topics.subscriptions, subs)
+                .await?;
         if n_subs > 1000 {
             eprintln!(
                 "[bench] {}: {n_subs} subscriptions produced in {:.1} s",
@@ -606,16 +606,13 @@ impl Bench {
         let started = Instant::now();
         let mut proc = Processor::spawn(
             &self.bin,
-            config_file,
-            &sets,
-            config
-                .admin
-                .listen
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0),
-            self.work_dir.join(format!("{}.processor.log", spec.id)),
+            config,
+            Options {
+                sets,
+                log: Some(self.work_dir.join(format!("{}.processor.log", spec.id))),
+                rust_log: None,
+                config_file: Some(config_file.to_path_buf()),
+            },
         )?;
         let pid = proc.pid();
         let ready = proc.wait_ready(Duration::from_secs(180)).await?;
@@ -631,7 +628,9 @@ impl Bench {
             Plan::Paced { rate, secs } => {
                 let (t, c, _) = mix.event(0);
                 let probe = load::stamped_event(u64::MAX / 2, t, c.as_deref());
-                load::produce_all(&self.producer, &topic, [probe]).await?;
+                let (key, value) = probe;
+                mgpass_testkit::try_produce_all(&self.producer, &topic, [(Some(key), Some(value))])
+                    .await?;
                 let probe_deadline = Instant::now() + Duration::from_secs(120);
                 while self.receiver.healthy_count() == 0 {
                     proc.check_alive()?;
@@ -820,44 +819,6 @@ impl Bench {
         }
         Ok(result)
     }
-}
-
-/// The processor's configuration file: only the settings the bench chooses, so the processor's
-/// own defaults apply to everything else (and a processor binary built from another commit
-/// still accepts it).
-fn processor_toml(c: &Config) -> String {
-    let q = |s: &str| serde_json::Value::from(s).to_string();
-    let mut out = String::new();
-    out.push_str("[kafka]\n");
-    out.push_str(&format!(
-        "bootstrap_servers = {}\n",
-        q(&c.kafka.bootstrap_servers)
-    ));
-    out.push_str(&format!("group_id = {}\n", q(&c.kafka.group_id)));
-    out.push_str(&format!("client_id = {}\n", q(&c.kafka.client_id)));
-    out.push_str("\n[topics]\n");
-    for (setting, name) in c.topics.all() {
-        let key = setting.trim_start_matches("topics.");
-        out.push_str(&format!("{key} = {}\n", q(name)));
-    }
-    out.push_str("\n[http]\n");
-    if let Some(ca) = &c.http.ca_bundle {
-        out.push_str(&format!("ca_bundle = {}\n", q(&ca.display().to_string())));
-    }
-    out.push_str(&format!(
-        "connect_timeout_ms = {}\nrequest_timeout_ms = {}\n",
-        c.http.connect_timeout_ms, c.http.request_timeout_ms
-    ));
-    out.push_str("\n[delivery]\n");
-    out.push_str(&format!(
-        "max_in_flight = {}\nmax_in_flight_per_endpoint = {}\nshutdown_deadline_secs = {}\n",
-        c.delivery.max_in_flight,
-        c.delivery.max_in_flight_per_endpoint,
-        c.delivery.shutdown_deadline_secs
-    ));
-    out.push_str("\n[admin]\n");
-    out.push_str(&format!("listen = {}\n", q(&c.admin.listen)));
-    out
 }
 
 /// Fills in the verdicts once every run is done (d is judged against a).

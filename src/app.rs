@@ -1,0 +1,132 @@
+//! The composition root of the processor: builds the Kafka clients, the subscription table, the
+//! delivery engine and the consume loops, and runs them as named, supervised tasks sharing one
+//! cancellation token. Dependencies point one way from here: `app` → the consume loops
+//! (`processor`, `retries`) → `dispatch` → `delivery` → `kafka` plumbing and the pure modules.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin_server::{self, Health};
+use crate::config::Config;
+use crate::delivery::engine::Engine;
+use crate::dispatch::Dispatcher;
+use crate::kafka;
+use crate::metrics::Metrics;
+use crate::processor::Processor;
+use crate::retries::TaskConsumer;
+use crate::subscriptions::loader::Loader;
+use crate::subscriptions::SubscriptionTable;
+
+/// Runs the processor with the delivery engine: events are delivered, failed attempts wait in
+/// the retry tiers, replayed tasks are attempted again.
+pub async fn run_processor(
+    config: Config,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let table = Arc::new(SubscriptionTable::new());
+    let producer = kafka::producer(&config)?;
+    let engine = Arc::new(Engine::new(
+        &config,
+        producer,
+        table.clone(),
+        metrics.clone(),
+    )?);
+    run_pipeline(config, table, engine, metrics, cancel).await
+}
+
+/// Runs the processor's supervised tasks — admin server, subscription loader, event loop, the
+/// retry-tier and replay consumers — sharing one cancellation token, with `dispatcher` doing the
+/// work of every event and due task (the engine in production; tests may observe instead).
+/// Any task's error cancels the others and is returned.
+pub async fn run_pipeline<D: Dispatcher>(
+    config: Config,
+    table: Arc<SubscriptionTable>,
+    dispatcher: Arc<D>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)?;
+    let health = Arc::new(Health::new(table.clone()));
+    let producer = kafka::producer(&config)?;
+    let loader = Loader::new(&config, table.clone(), metrics.clone())?;
+    let processor = Processor::new(
+        &config,
+        producer,
+        table.clone(),
+        metrics.clone(),
+        health.clone(),
+        dispatcher.clone(),
+    )?;
+    let task_consumers = [
+        &config.topics.retry_1s,
+        &config.topics.retry_5s,
+        &config.topics.retry_25s,
+        &config.topics.replay,
+    ]
+    .into_iter()
+    .map(|topic| TaskConsumer::new(&config, topic, dispatcher.clone()))
+    .collect::<Result<Vec<_>>>()?;
+    let addr = config
+        .admin
+        .listen
+        .parse()
+        .context("admin.listen is not an address")?;
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
+    type Task = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+    let supervise = |name: &'static str, fut: Task| {
+        let cancel = cancel.clone();
+        let err_tx = err_tx.clone();
+        tasks.spawn(async move {
+            if let Err(e) = fut.await {
+                let _ = err_tx.send(e.context(format!("task {name} failed")));
+            }
+            cancel.cancel();
+        });
+    };
+    supervise(
+        "admin-server",
+        Box::pin(admin_server::serve(
+            addr,
+            metrics.clone(),
+            health,
+            cancel.clone(),
+            None,
+        )),
+    );
+    let loader_cancel = cancel.clone();
+    supervise(
+        "subscription-loader",
+        Box::pin(async move { loader.run(loader_cancel, true).await.map(|_| ()) }),
+    );
+    supervise(
+        "event-processor",
+        Box::pin(Arc::new(processor).run(cancel.clone())),
+    );
+    for consumer in task_consumers {
+        let c = cancel.clone();
+        let table = table.clone();
+        supervise(
+            "task-consumer",
+            Box::pin(async move {
+                // Retries are attempted against the complete table too.
+                tokio::select! {
+                    _ = c.cancelled() => return Ok(()),
+                    _ = table.wait_ready() => {}
+                }
+                consumer.run(c).await
+            }),
+        );
+    }
+    tasks.close();
+    tasks.wait().await;
+    drop(err_tx);
+    match err_rx.recv().await {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
