@@ -10,23 +10,8 @@ use mgpass_testkit::fixtures::{await_acks, enqueue};
 use mgpass_webhooks::config::Config;
 use rdkafka::admin::AdminOptions;
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
 
 use crate::receiver::unix_us;
-
-/// The producer of the rewards services, as the bench plays them.
-pub fn producer(bootstrap: &str, linger_ms: u32) -> Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("client.id", "mgpass-bench-producer")
-        .set("acks", "all")
-        .set("linger.ms", linger_ms.to_string())
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
-        .set("message.timeout.ms", "120000")
-        .create()
-        .map_err(|e| anyhow!("creating the bench producer: {e}"))
-}
 
 /// The `data` object of event number `seq`: the guide's sample fields plus the bench's own.
 pub fn event_data(seq: u64, sent_us: i64) -> String {

@@ -889,7 +889,8 @@ async fn main_async(args: Args) -> Result<bool> {
     let receiver = Receiver::start(args.endpoints.max(1), 1, args.alpn).await?;
     let ca_file = work_dir.join("ca.pem");
     std::fs::write(&ca_file, receiver.ca_pem())?;
-    let producer = load::producer(&args.bootstrap_servers, args.producer_linger_ms)?;
+    let producer =
+        mgpass_testkit::fixtures::producer_to(&args.bootstrap_servers, args.producer_linger_ms)?;
     let specs = specs(&args);
     if specs.is_empty() {
         bail!("no scenario selected");

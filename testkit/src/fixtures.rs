@@ -59,14 +59,25 @@ pub async fn setup_topics(c: &Config) {
         .expect("topic setup");
 }
 
-/// The tests' producer: idempotent, lingering 5 ms.
-pub fn producer() -> FutureProducer {
+/// The producer of the rewards services and admins, as tests and the benchmark play them:
+/// idempotent, `acks=all`, a local queue deep enough for a benchmark's backlog.
+pub fn producer_to(bootstrap: &str, linger_ms: u32) -> Result<FutureProducer> {
     ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
+        .set("client.id", "mgpass-testkit-producer")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("acks", "all")
+        .set("linger.ms", linger_ms.to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("message.timeout.ms", "120000")
         .create()
-        .expect("test producer")
+        .map_err(|e| anyhow!("creating the producer for {bootstrap}: {e}"))
+}
+
+/// The tests' producer: [`producer_to`] the test broker, lingering 5 ms.
+pub fn producer() -> FutureProducer {
+    producer_to(&bootstrap(), 5).expect("test producer")
 }
 
 /// Enqueues one record, waiting while the local queue is full.
