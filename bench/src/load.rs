@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use mgpass_testkit::fixtures::{await_acks, enqueue};
 use mgpass_webhooks::config::Config;
 use rdkafka::admin::AdminOptions;
