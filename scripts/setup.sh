@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/kafka.sh start
-cargo build --release
+cargo build --release -p mgpass-webhooks
 bin=./target/release/mgpass-webhooks
 "$bin" --config config/local.toml setup-topics
 mkdir -p .local

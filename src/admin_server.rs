@@ -1,6 +1,6 @@
 //! The small admin HTTP server: `/livez` (depends on nothing external: the process is alive and
-//! serving), `/readyz` (the subscription table is loaded and the event consumer is running) and
-//! `/metrics` (Prometheus text format).
+//! serving), `/readyz` (the subscription table is loaded, the event consumer is running and no
+//! supervised task has stopped) and `/metrics` (Prometheus text format).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,18 +22,23 @@ pub struct Health {
     pub table: Arc<SubscriptionTable>,
     /// Set while the event consumer is running.
     pub consuming: AtomicBool,
+    /// Cancelled once any supervised task stopped (or shutdown began): not ready from then on.
+    stopping: CancellationToken,
 }
 
 impl Health {
-    pub fn new(table: Arc<SubscriptionTable>) -> Self {
+    pub fn new(table: Arc<SubscriptionTable>, stopping: CancellationToken) -> Self {
         Health {
             table,
             consuming: AtomicBool::new(false),
+            stopping,
         }
     }
 
     pub fn is_ready(&self) -> bool {
-        self.table.is_ready() && self.consuming.load(Ordering::Relaxed)
+        self.table.is_ready()
+            && self.consuming.load(Ordering::Relaxed)
+            && !self.stopping.is_cancelled()
     }
 }
 
@@ -85,4 +90,26 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_the_table_loaded_consuming_and_not_stopping() {
+        let table = Arc::new(SubscriptionTable::new());
+        let stopping = CancellationToken::new();
+        let health = Health::new(table.clone(), stopping.clone());
+        assert!(!health.is_ready(), "nothing loaded");
+        table.set_ready();
+        assert!(!health.is_ready(), "not consuming yet");
+        health.consuming.store(true, Ordering::Relaxed);
+        assert!(health.is_ready());
+        stopping.cancel();
+        assert!(
+            !health.is_ready(),
+            "a stopped task or shutdown turns readiness off"
+        );
+    }
 }

@@ -3,16 +3,20 @@
 //! cancellation token. Dependencies point one way from here: `app` → the consume loops
 //! (`processor`, `retries`) → `dispatch` → `delivery` → `kafka` plumbing and the pure modules.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin_server::{self, Health};
 use crate::config::Config;
 use crate::delivery::engine::Engine;
+use crate::delivery::Tier;
 use crate::dispatch::Dispatcher;
 use crate::kafka;
+use crate::kafka::in_flight::panic_text;
 use crate::metrics::Metrics;
 use crate::processor::Processor;
 use crate::retries::TaskConsumer;
@@ -49,7 +53,7 @@ pub async fn run_pipeline<D: Dispatcher>(
     cancel: CancellationToken,
 ) -> Result<()> {
     kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)?;
-    let health = Arc::new(Health::new(table.clone()));
+    let health = Arc::new(Health::new(table.clone(), cancel.clone()));
     let producer = kafka::producer(&config)?;
     let loader = Loader::new(&config, table.clone(), metrics.clone())?;
     let processor = Processor::new(
@@ -60,14 +64,23 @@ pub async fn run_pipeline<D: Dispatcher>(
         health.clone(),
         dispatcher.clone(),
     )?;
+    let longest_tier = Tier::TwentyFiveSeconds.delay_ms();
     let task_consumers = [
-        &config.topics.retry_1s,
-        &config.topics.retry_5s,
-        &config.topics.retry_25s,
-        &config.topics.replay,
+        (&config.topics.retry_1s, Tier::OneSecond.delay_ms()),
+        (&config.topics.retry_5s, Tier::FiveSeconds.delay_ms()),
+        (&config.topics.retry_25s, longest_tier),
+        (&config.topics.replay, longest_tier),
     ]
     .into_iter()
-    .map(|topic| TaskConsumer::new(&config, topic, dispatcher.clone()))
+    .map(|(topic, max_delay)| {
+        TaskConsumer::new(
+            &config,
+            topic,
+            max_delay,
+            dispatcher.clone(),
+            metrics.clone(),
+        )
+    })
     .collect::<Result<Vec<_>>>()?;
     let addr = config
         .admin
@@ -82,7 +95,13 @@ pub async fn run_pipeline<D: Dispatcher>(
         let cancel = cancel.clone();
         let err_tx = err_tx.clone();
         tasks.spawn(async move {
-            if let Err(e) = fut.await {
+            // A panic is a bug: it stops everything like an error does, never leaving a
+            // process that answers /readyz while a loop is gone.
+            let result = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => Err(anyhow!("panicked: {}", panic_text(&panic))),
+            };
+            if let Err(e) = result {
                 let _ = err_tx.send(e.context(format!("task {name} failed")));
             }
             cancel.cancel();

@@ -38,6 +38,11 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// `client.id` prefix; each client appends its role.
     pub client_id: String,
+    /// Where a new consumer group (no committed offset) starts reading the events topic:
+    /// `latest` (default: a first deploy delivers what is produced from then on, it does not
+    /// resend the topic's whole retention) or `earliest`. The retry and replay topics always
+    /// start at `earliest`: what waits there is ours and pending.
+    pub events_offset_reset: String,
     /// Extra librdkafka properties applied to every client after our defaults (SASL, SSL, …).
     pub properties: BTreeMap<String, String>,
 }
@@ -101,6 +106,9 @@ pub struct DeliveryConfig {
     pub endpoint_stall_ms: u64,
     /// On SIGTERM/SIGINT, how long in-flight work may take to finish before exiting.
     pub shutdown_deadline_secs: u64,
+    /// Largest rewards event value accepted, in bytes; a larger one goes to the invalid topic
+    /// as `event_too_large`. At most the producer's `message.max.bytes`.
+    pub max_event_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -125,6 +133,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
             group_id: "mgpass-webhooks".into(),
             client_id: "mgpass-webhooks".into(),
+            events_offset_reset: "latest".into(),
             properties: BTreeMap::new(),
         }
     }
@@ -211,6 +220,7 @@ impl Default for DeliveryConfig {
             max_in_flight_per_endpoint: 64,
             endpoint_stall_ms: 2_000,
             shutdown_deadline_secs: 30,
+            max_event_bytes: crate::kafka::produce::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -389,6 +399,21 @@ impl Config {
         }
         if self.delivery.endpoint_stall_ms == 0 {
             p.push("delivery.endpoint_stall_ms: must be positive".into());
+        }
+        if self.delivery.max_event_bytes == 0 {
+            p.push("delivery.max_event_bytes: must be positive".into());
+        }
+        let producer_limit = crate::kafka::produce::max_message_bytes(self);
+        if self.delivery.max_event_bytes > producer_limit {
+            p.push(format!(
+                "delivery.max_event_bytes: must not exceed the producer's message.max.bytes ({producer_limit})"
+            ));
+        }
+        if !["earliest", "latest"].contains(&self.kafka.events_offset_reset.as_str()) {
+            p.push(format!(
+                "kafka.events_offset_reset: {:?} is neither \"earliest\" nor \"latest\"",
+                self.kafka.events_offset_reset
+            ));
         }
         if self.delivery.max_in_flight_per_endpoint == 0 {
             p.push("delivery.max_in_flight_per_endpoint: must be positive".into());

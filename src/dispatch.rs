@@ -13,7 +13,6 @@ use std::sync::Arc;
 use anyhow::Result;
 use futures::future::try_join_all;
 
-use crate::body::build_body;
 use crate::delivery::engine::Engine;
 use crate::delivery::{delivery_id, now_ms, Body, DeliveryTask};
 use crate::events::RewardsEvent;
@@ -42,8 +41,7 @@ pub fn first_tasks(
     if subscriptions.is_empty() {
         return Vec::new();
     }
-    let body = build_body(&event.event_type, &event.data, &event.timestamp);
-    let body = Body::from(String::from_utf8(body).expect("the body builder writes UTF-8"));
+    let body = Body::of_event(event);
     let key = event.idempotency_key();
     let now = now_ms();
     subscriptions
@@ -54,6 +52,7 @@ pub fn first_tasks(
             event_type: event.event_type.clone(),
             idempotency_key: key.clone(),
             body: body.clone(),
+            body_by_reference: false,
             attempt: 1,
             due_at_ms: now,
             first_attempt_at_ms: now,

@@ -2,15 +2,18 @@
 //!
 //! The JSON form is `{"event_type", "data", "timestamp", "client_id"?}`: `event_type` a non-empty
 //! string, `data` an object, `timestamp` RFC 3339 (any offset; normalised to UTC with millisecond
-//! precision and `Z`, sub-millisecond digits truncated), `client_id` an optional string. Other
-//! top-level fields are ignored so producers can add metadata. A value that fails any of this is
+//! precision and `Z`, sub-millisecond digits truncated; its UTC year within 0000–9999, which
+//! is what a body's timestamp can say), `client_id` an optional string. Other top-level fields
+//! are ignored so producers can add metadata. A repeated top-level key of the event is refused
+//! (`duplicate_key`: which one was meant is ambiguous); repeated keys inside `data` are read as
+//! `JSON.parse` reads them (the last value, at the first key's position). A value that fails any of this is
 //! an [`InvalidEvent`] with a stable reason code (for metrics and the `webhooks.invalid` header)
 //! and a message naming what is wrong; it never panics on any bytes.
 //!
 //! The Avro form (Confluent wire format, magic byte 0) is recognised and reported as unsupported
 //! until the schema-registry decoder lands; such records go to `webhooks.invalid`, nothing is lost.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -56,6 +59,14 @@ impl InvalidEvent {
             message: message.into(),
         }
     }
+
+    /// A value larger than `delivery.max_event_bytes`.
+    pub fn too_large(size: usize, max: usize) -> Self {
+        InvalidEvent::new(
+            "event_too_large",
+            format!("record value is {size} bytes, more than delivery.max_event_bytes ({max})"),
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,8 +98,13 @@ impl RewardsEvent {
                 ))
             }
         }
-        let wire: Wire = serde_json::from_slice(bytes)
-            .map_err(|e| InvalidEvent::new("bad_json", format!("not valid JSON: {e}")))?;
+        let wire: Wire = serde_json::from_slice(bytes).map_err(|e| {
+            if e.to_string().starts_with("duplicate field") {
+                InvalidEvent::new("duplicate_key", format!("a top-level key repeats: {e}"))
+            } else {
+                InvalidEvent::new("bad_json", format!("not valid JSON: {e}"))
+            }
+        })?;
         let event_type = match wire.event_type {
             Some(Value::String(s)) => s,
             Some(_) => {
@@ -168,8 +184,14 @@ pub fn normalise_timestamp(s: &str) -> Result<String, InvalidEvent> {
             format!("timestamp {s:?} is not RFC 3339: {e}"),
         )
     })?;
-    Ok(t.with_timezone(&Utc)
-        .to_rfc3339_opts(SecondsFormat::Millis, true))
+    let utc = t.with_timezone(&Utc);
+    if !(0..=9999).contains(&utc.year()) {
+        return Err(InvalidEvent::new(
+            "bad_timestamp",
+            format!("timestamp {s:?} is outside the years 0000 to 9999 in UTC"),
+        ));
+    }
+    Ok(utc.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
 #[cfg(test)]
@@ -235,6 +257,9 @@ mod tests {
             (Some(b"{\"event_type\":\"\",\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "bad_event_type"),
             (Some(b"{\"event_type\":\"a\\nb\",\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "bad_event_type"),
             (Some(b"{\"event_type\":\"a\",\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\",\"client_id\":5}"), "bad_client_id"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{},\"timestamp\":\"0000-01-01T00:30:00+01:00\"}"), "bad_timestamp"),
+            (Some(b"{\"event_type\":\"a\",\"data\":{},\"timestamp\":\"9999-12-31T23:59:59-01:00\"}"), "bad_timestamp"),
+            (Some(b"{\"event_type\":\"a\",\"event_type\":\"b\",\"data\":{},\"timestamp\":\"2025-01-15T10:30:00Z\"}"), "duplicate_key"),
         ];
         for (input, code) in cases {
             let err = RewardsEvent::decode(*input).unwrap_err();
@@ -247,5 +272,18 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(e.client_id, None);
+        // The edges of the year range, and repeated keys inside data as JSON.parse reads them.
+        assert!(
+            decode(r#"{"event_type":"a","data":{},"timestamp":"0000-01-01T00:00:00Z"}"#).is_ok()
+        );
+        assert!(
+            decode(r#"{"event_type":"a","data":{},"timestamp":"9999-12-31T23:59:59.999Z"}"#)
+                .is_ok()
+        );
+        let e = decode(
+            r#"{"event_type":"a","data":{"x":1,"y":2,"x":3},"timestamp":"2025-01-15T10:30:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(serde_json::to_string(&e.data).unwrap(), r#"{"x":3,"y":2}"#);
     }
 }

@@ -38,6 +38,57 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Delivery tasks produced to a retry topic, by `tier`.
     pub retries_scheduled: IntCounterVec,
+    /// Output records Kafka refused, by [`ProduceErrorKind`].
+    pub produce_errors: IntCounterVec,
+    /// Records of the retry and replay topics that are not usable delivery tasks, or were
+    /// clamped, by [`TaskRecordProblem`].
+    pub task_record_problems: IntCounterVec,
+}
+
+/// How a produce error was handled (`kind` label of `webhooks_produce_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceErrorKind {
+    /// Tried again until the broker took the record.
+    Retriable,
+    /// The record can never be written: passed over.
+    Permanent,
+    /// The producer itself failed: the process stops.
+    Fatal,
+}
+
+impl ProduceErrorKind {
+    pub const ALL: [ProduceErrorKind; 3] = [Self::Retriable, Self::Permanent, Self::Fatal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retriable => "retriable",
+            Self::Permanent => "permanent",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+/// What was wrong with a task record (`problem` label of `webhooks_task_record_problems_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRecordProblem {
+    /// Not a delivery task (not JSON of the task's shape, or no value): skipped.
+    Undecodable,
+    /// Due later than its topic can ask for: attempted at the latest due time its topic allows.
+    DueTooLate,
+    /// An attempt number outside 1..=4: clamped into the schedule.
+    BadAttempt,
+}
+
+impl TaskRecordProblem {
+    pub const ALL: [TaskRecordProblem; 3] = [Self::Undecodable, Self::DueTooLate, Self::BadAttempt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::DueTooLate => "due_too_late",
+            Self::BadAttempt => "bad_attempt",
+        }
+    }
 }
 
 impl Metrics {
@@ -85,7 +136,7 @@ impl Metrics {
         registry
             .register(Box::new(attempt_seconds.clone()))
             .expect("unique metric");
-        Metrics {
+        let m = Metrics {
             subscription_records: counter_vec(
                 "webhooks_subscription_records_total",
                 "Subscription records applied, by outcome",
@@ -137,8 +188,38 @@ impl Metrics {
                 "Delivery tasks produced to a retry topic, by tier",
                 &["tier"],
             ),
+            produce_errors: counter_vec(
+                "webhooks_produce_errors_total",
+                "Output records Kafka refused, by how the error was handled",
+                &["kind"],
+            ),
+            task_record_problems: counter_vec(
+                "webhooks_task_record_problems_total",
+                "Retry and replay records that were unusable (skipped) or clamped, by problem",
+                &["problem"],
+            ),
             registry,
+        };
+        for kind in ProduceErrorKind::ALL {
+            m.produce_errors.with_label_values(&[kind.as_str()]);
         }
+        for problem in TaskRecordProblem::ALL {
+            m.task_record_problems
+                .with_label_values(&[problem.as_str()]);
+        }
+        m
+    }
+
+    pub fn produce_error(&self, kind: ProduceErrorKind) {
+        self.produce_errors
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    pub fn task_record_problem(&self, problem: TaskRecordProblem) {
+        self.task_record_problems
+            .with_label_values(&[problem.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,6 +25,7 @@ use crate::dispatch::Dispatcher;
 use crate::events::{InvalidEvent, RewardsEvent};
 use crate::kafka::consumer::{revoke, RebalanceContext, RebalanceEvent};
 use crate::kafka::in_flight::InFlight;
+use crate::kafka::produce::{max_message_bytes, produce, Output, RECORD_OVERHEAD_BYTES};
 use crate::kafka::{self, SourceRef};
 use crate::metrics::Metrics;
 use crate::subscriptions::SubscriptionTable;
@@ -37,6 +37,10 @@ pub const HEADER_INVALID_ERROR: &str = "mgpass-invalid-error";
 pub const HEADER_SOURCE_TOPIC: &str = "mgpass-source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "mgpass-source-partition";
 pub const HEADER_SOURCE_OFFSET: &str = "mgpass-source-offset";
+/// Set when the invalid copy's value was cut to fit the producer's limit: the original length.
+pub const HEADER_INVALID_TRUNCATED: &str = "mgpass-invalid-truncated";
+/// Set when the invalid copy's key was cut to fit: the original key length.
+pub const HEADER_INVALID_KEY_TRUNCATED: &str = "mgpass-invalid-key-truncated";
 
 /// Event records being handled at once (decode, match, deliveries), per processor.
 pub const MAX_OUTSTANDING_RECORDS: usize = 4096;
@@ -50,6 +54,8 @@ pub struct Processor<D> {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     dispatcher: Arc<D>,
+    /// The producer's limit for one record.
+    max_record_bytes: usize,
 }
 
 impl<D: Dispatcher> Processor<D> {
@@ -67,6 +73,7 @@ impl<D: Dispatcher> Processor<D> {
                 config,
                 "events",
                 &config.kafka.group_id,
+                &config.kafka.events_offset_reset,
                 context,
             )?),
             rebalances: std::sync::Mutex::new(Some(rebalances)),
@@ -76,6 +83,7 @@ impl<D: Dispatcher> Processor<D> {
             metrics,
             health,
             dispatcher,
+            max_record_bytes: max_message_bytes(config),
         })
     }
 
@@ -113,6 +121,16 @@ impl<D: Dispatcher> Processor<D> {
             .context("the processor runs once")?;
         let in_flight = InFlight::new(self.consumer.clone(), MAX_OUTSTANDING_RECORDS);
         loop {
+            // A slot first, so a full budget still sees cancellation and revocations.
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = in_flight.failed().cancelled() => break,
+                Some(ev) = rebalances.recv() => {
+                    revoke(in_flight.tracker(), ev);
+                    continue;
+                }
+                permit = in_flight.permit() => permit?,
+            };
             let msg = tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = in_flight.failed().cancelled() => break,
@@ -137,9 +155,7 @@ impl<D: Dispatcher> Processor<D> {
                 .tracker()
                 .begin(m.topic(), m.partition(), m.offset());
             let this = self.clone();
-            in_flight
-                .spawn(token, async move { this.handle(&m).await })
-                .await?;
+            in_flight.spawn(permit, token, async move { this.handle(&m).await });
         }
         let deadline = std::time::Duration::from_secs(self.config.delivery.shutdown_deadline_secs);
         in_flight.finish(deadline).await
@@ -150,8 +166,18 @@ impl<D: Dispatcher> Processor<D> {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
         };
-        let event = match RewardsEvent::decode(m.payload()) {
+        let size = m.payload().map_or(0, <[u8]>::len);
+        let decoded = if size > self.config.delivery.max_event_bytes {
+            Err(InvalidEvent::too_large(
+                size,
+                self.config.delivery.max_event_bytes,
+            ))
+        } else {
+            RewardsEvent::decode(m.payload())
+        };
+        let event = match decoded {
             Ok(e) => e,
             Err(invalid) => return self.dead_letter(m, &source, &invalid).await,
         };
@@ -202,54 +228,68 @@ impl<D: Dispatcher> Processor<D> {
             .inc();
         let partition = source.partition.to_string();
         let offset = source.offset.to_string();
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = m.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
+        let mut headers: Vec<(&str, Option<Vec<u8>>)> = m
+            .headers()
+            .map(|original| {
+                original
+                    .iter()
+                    .map(|h| (h.key, h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, value) in [
+            (HEADER_INVALID_REASON, invalid.code),
+            (HEADER_INVALID_ERROR, invalid.message.as_str()),
+            (HEADER_SOURCE_TOPIC, source.topic.as_str()),
+            (HEADER_SOURCE_PARTITION, partition.as_str()),
+            (HEADER_SOURCE_OFFSET, offset.as_str()),
+        ] {
+            headers.push((key, Some(value.as_bytes().to_vec())));
         }
-        headers = headers
-            .insert(Header {
-                key: HEADER_INVALID_REASON,
-                value: Some(invalid.code),
-            })
-            .insert(Header {
-                key: HEADER_INVALID_ERROR,
-                value: Some(&invalid.message),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_TOPIC,
-                value: Some(&source.topic),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_PARTITION,
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_OFFSET,
-                value: Some(&offset),
-            });
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.config.topics.invalid).headers(headers);
-        if let Some(k) = m.key() {
-            record = record.key(k);
+        // The copy must fit the producer's limit whatever came in: cut the key and the value
+        // (and say so in a header) rather than fail to record the input.
+        let headers_len: usize = headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
+        let budget = self
+            .max_record_bytes
+            .saturating_sub(headers_len + RECORD_OVERHEAD_BYTES);
+        let key = m.key().map(|k| truncated(k, budget / 2));
+        if let Some((_, Some(len))) = &key {
+            headers.push((
+                HEADER_INVALID_KEY_TRUNCATED,
+                Some(len.to_string().into_bytes()),
+            ));
         }
-        if let Some(p) = m.payload() {
-            record = record.payload(p);
+        let key = key.map(|(k, _)| k);
+        let room = budget.saturating_sub(key.as_ref().map_or(0, Vec::len));
+        let value = m.payload().map(|v| truncated(v, room));
+        if let Some((_, Some(len))) = &value {
+            headers.push((HEADER_INVALID_TRUNCATED, Some(len.to_string().into_bytes())));
         }
-        self.producer
-            .send(record, Timeout::Never)
-            .await
-            .map_err(|(e, _)| e)
-            .with_context(|| {
-                format!(
-                    "producing to the invalid topic {:?}",
-                    self.config.topics.invalid
-                )
-            })?;
+        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: value.as_deref(),
+            })
+        });
+        let output = Output {
+            topic: self.config.topics.invalid.clone(),
+            key,
+            value: value.map(|(v, _)| v),
+            headers: Some(headers),
+        };
+        produce(&self.producer, &output, &self.metrics).await?;
         Ok(())
+    }
+}
+
+/// `bytes` cut to at most `max` bytes, with the original length when it was cut.
+fn truncated(bytes: &[u8], max: usize) -> (Vec<u8>, Option<usize>) {
+    if bytes.len() <= max {
+        (bytes.to_vec(), None)
+    } else {
+        (bytes[..max].to_vec(), Some(bytes.len()))
     }
 }

@@ -505,6 +505,8 @@ impl Bench {
         c.kafka.bootstrap_servers = self.args.bootstrap_servers.clone();
         c.kafka.group_id = format!("{prefix}group");
         c.kafka.client_id = "mgpass-bench-processor".into();
+        // Backlog runs produce before the processor starts.
+        c.kafka.events_offset_reset = "earliest".into();
         c.topics = TopicNames::with_prefix(prefix);
         c.topic_setup.partitions = self.args.partitions;
         c.topic_setup.subscription_partitions = 3;

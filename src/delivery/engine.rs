@@ -16,17 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures::future::try_join_all;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::http::{AttemptResult, HttpClient, Outcome, Request};
 use super::{
-    after_failure, now_ms, rfc3339_ms, AfterFailure, DeliveryLogRecord, DeliveryTask, Tier,
+    after_failure, now_ms, rfc3339_ms, AfterFailure, Body, DeliveryLogRecord, DeliveryTask, Tier,
 };
 use crate::config::Config;
+use crate::events::RewardsEvent;
+use crate::kafka::fetch::{Fetched, RecordFetcher};
+use crate::kafka::produce::{max_message_bytes, produce_all, Output, RECORD_OVERHEAD_BYTES};
 use crate::metrics::Metrics;
 use crate::signing::sign;
 use crate::subscriptions::{Subscription, SubscriptionTable};
@@ -39,6 +40,19 @@ pub struct Engine {
     config: Config,
     global: Arc<Semaphore>,
     endpoints: Mutex<HashMap<String, Arc<EndpointGate>>>,
+    /// The largest task record written with its body; larger ones carry it by reference.
+    max_task_bytes: usize,
+    /// Reads source events again, for task bodies carried by reference.
+    sources: RecordFetcher,
+}
+
+/// Why a body carried by reference could not be rebuilt: the delivery cannot be attempted.
+#[derive(Debug, thiserror::Error)]
+enum SourceProblem {
+    #[error("the source event is no longer retained")]
+    Gone,
+    #[error("the source event no longer decodes: {0}")]
+    Undecodable(String),
 }
 
 impl Engine {
@@ -56,7 +70,33 @@ impl Engine {
             config: config.clone(),
             global: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
             endpoints: Mutex::new(HashMap::new()),
+            max_task_bytes: max_message_bytes(config).saturating_sub(RECORD_OVERHEAD_BYTES),
+            sources: RecordFetcher::new(config),
         })
+    }
+
+    /// The body of a task carried by reference, rebuilt from its source event (the same bytes
+    /// as the first attempt's). A broker that does not answer is waited for.
+    async fn body_from_source(&self, task: &DeliveryTask) -> Result<Body, SourceProblem> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.sources.fetch(&task.source).await {
+                Ok(Fetched::Record(m)) => {
+                    return RewardsEvent::decode(rdkafka::Message::payload(&m))
+                        .map(|e| Body::of_event(&e))
+                        .map_err(|e| SourceProblem::Undecodable(e.to_string()))
+                }
+                Ok(Fetched::Gone) => return Err(SourceProblem::Gone),
+                Err(e) => {
+                    warn!(
+                        delivery_id = %task.delivery_id, error = %format!("{e:#}"),
+                        "reading the source event of a task failed; trying again"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     fn endpoint_gate(&self, sub: &Subscription) -> Arc<EndpointGate> {
@@ -77,7 +117,38 @@ impl Engine {
     }
 
     /// Runs one attempt of `task` and produces its outputs; returns once they are acknowledged.
-    pub async fn attempt(&self, task: DeliveryTask) -> Result<()> {
+    pub async fn attempt(&self, mut task: DeliveryTask) -> Result<()> {
+        if task.body_by_reference {
+            match self.body_from_source(&task).await {
+                Ok(body) => {
+                    task.body = body;
+                    task.body_by_reference = false;
+                }
+                Err(problem) => {
+                    let outcome = "source_unavailable";
+                    warn!(
+                        delivery_id = %task.delivery_id, subscription = %task.subscription_id,
+                        attempt = task.attempt, outcome, error = %problem,
+                        "delivery ended: its body cannot be rebuilt"
+                    );
+                    self.metrics.attempts.with_label_values(&[outcome]).inc();
+                    self.metrics
+                        .deliveries
+                        .with_label_values(&["dropped"])
+                        .inc();
+                    let log = self.log_record(
+                        &task,
+                        outcome,
+                        None,
+                        Some(problem.to_string()),
+                        0,
+                        now_ms(),
+                        None,
+                    );
+                    return self.produce_all(vec![self.log_output(&log)?]).await;
+                }
+            }
+        }
         let sub = match self.table.get(&task.subscription_id) {
             Some(s) if s.enabled => s,
             found => {
@@ -276,32 +347,37 @@ impl Engine {
     fn log_output(&self, log: &DeliveryLogRecord) -> Result<Output> {
         Ok(Output {
             topic: self.config.topics.delivery_log.clone(),
-            key: log.delivery_id.clone(),
-            value: serde_json::to_vec(log).context("encoding a delivery-log record")?,
+            key: Some(log.delivery_id.clone().into_bytes()),
+            value: Some(serde_json::to_vec(log).context("encoding a delivery-log record")?),
+            headers: None,
         })
     }
 
+    /// A task record; one that would exceed the producer's limit carries its body by reference.
     fn task_output(&self, topic: &str, task: &DeliveryTask) -> Result<Output> {
+        let mut value = serde_json::to_vec(task).context("encoding a delivery task")?;
+        if value.len() > self.max_task_bytes {
+            debug!(
+                delivery_id = %task.delivery_id, bytes = value.len(),
+                "task record too large with its body; the body goes by reference"
+            );
+            let by_reference = DeliveryTask {
+                body: Body::default(),
+                body_by_reference: true,
+                ..task.clone()
+            };
+            value = serde_json::to_vec(&by_reference).context("encoding a delivery task")?;
+        }
         Ok(Output {
             topic: topic.to_string(),
-            key: task.delivery_id.clone(),
-            value: serde_json::to_vec(task).context("encoding a delivery task")?,
+            key: Some(task.delivery_id.clone().into_bytes()),
+            value: Some(value),
+            headers: None,
         })
     }
 
     async fn produce_all(&self, outputs: Vec<Output>) -> Result<()> {
-        let sends = outputs.iter().map(|o| async move {
-            self.producer
-                .send(
-                    FutureRecord::to(&o.topic).key(&o.key).payload(&o.value),
-                    Timeout::Never,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-                .with_context(|| format!("producing to {:?}", o.topic))
-        });
-        try_join_all(sends).await.map(|_| ())
+        produce_all(&self.producer, &outputs, &self.metrics).await
     }
 }
 
@@ -455,12 +531,6 @@ impl EndpointGate {
             }
         });
     }
-}
-
-struct Output {
-    topic: String,
-    key: String,
-    value: Vec<u8>,
 }
 
 #[cfg(test)]

@@ -74,13 +74,18 @@ pub fn after_failure(attempt: u32) -> AfterFailure {
 }
 
 /// The stable delivery id of (source record, subscription): identical on every retry and replay
-/// and after a crash re-reads the source record, so receivers can deduplicate on it.
+/// and after a crash re-reads the source record, so receivers can deduplicate on it. The record's
+/// timestamp is part of it, so a topic deleted and created again (offsets from 0) gives new ids.
 pub fn delivery_id(source: &SourceRef, subscription_id: &str) -> String {
     let mut h = Sha256::new();
     h.update(source.topic.as_bytes());
     h.update([0]);
     h.update(source.partition.to_be_bytes());
     h.update(source.offset.to_be_bytes());
+    if let Some(ts) = source.timestamp_ms {
+        h.update([1]);
+        h.update(ts.to_be_bytes());
+    }
     h.update([0]);
     h.update(subscription_id.as_bytes());
     let digest = h.finalize();
@@ -129,6 +134,20 @@ impl From<String> for Body {
     }
 }
 
+impl Body {
+    /// The webhook body of `event`: the canonical JSON of its type, data and timestamp.
+    pub fn of_event(event: &crate::events::RewardsEvent) -> Body {
+        let bytes = crate::body::build_body(&event.event_type, &event.data, &event.timestamp);
+        Body::from(String::from_utf8(bytes).expect("the body builder writes UTF-8"))
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::from("")
+    }
+}
+
 impl From<&str> for Body {
     fn from(s: &str) -> Self {
         Body(s.into())
@@ -148,15 +167,21 @@ impl<'de> Deserialize<'de> for Body {
 }
 
 /// Everything a later attempt needs: the value of retry, replay and failed records. The body is
-/// kept byte-exact (it is UTF-8 JSON, stored as a string); the secret is not: each attempt signs
-/// with the subscription as it is then.
+/// kept byte-exact (it is UTF-8 JSON, stored as a string) unless the record would then exceed
+/// the producer's limit: such a record carries `body_by_reference` and an empty body, and the
+/// body is rebuilt from the source event (`source`), which gives the same bytes. The secret is
+/// never stored: each attempt signs with the subscription as it is then.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryTask {
     pub delivery_id: String,
     pub subscription_id: String,
     pub event_type: String,
     pub idempotency_key: String,
+    #[serde(default)]
     pub body: Body,
+    /// The body is not in this record: rebuild it from the source event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_by_reference: bool,
     /// Number of the attempt this task is for (1-based).
     pub attempt: u32,
     /// Not to be attempted before this time (Unix milliseconds).
@@ -238,6 +263,7 @@ mod tests {
             topic: "rewards.events".into(),
             partition: 2,
             offset: 41,
+            timestamp_ms: Some(1_736_937_000_000),
         };
         let a = delivery_id(&s, "sub_1");
         assert_eq!(a, delivery_id(&s.clone(), "sub_1"));
@@ -253,7 +279,37 @@ mod tests {
                 "sub_1"
             )
         );
-        assert_ne!(a, delivery_id(&SourceRef { partition: 3, ..s }, "sub_1"));
+        assert_ne!(
+            a,
+            delivery_id(
+                &SourceRef {
+                    partition: 3,
+                    ..s.clone()
+                },
+                "sub_1"
+            )
+        );
+        // The topic deleted and created again: the same coordinates, a later record.
+        assert_ne!(
+            a,
+            delivery_id(
+                &SourceRef {
+                    timestamp_ms: Some(1_736_937_000_001),
+                    ..s.clone()
+                },
+                "sub_1"
+            )
+        );
+        assert_ne!(
+            a,
+            delivery_id(
+                &SourceRef {
+                    timestamp_ms: None,
+                    ..s
+                },
+                "sub_1"
+            )
+        );
     }
 
     #[test]
@@ -264,6 +320,7 @@ mod tests {
             event_type: "rewards.points_awarded".into(),
             idempotency_key: "k".into(),
             body: "{\"event_type\":\"é\"}".into(),
+            body_by_reference: false,
             attempt: 2,
             due_at_ms: 1,
             first_attempt_at_ms: 0,
@@ -271,6 +328,7 @@ mod tests {
                 topic: "t".into(),
                 partition: 0,
                 offset: 5,
+                timestamp_ms: None,
             },
             last_error: Some("timeout".into()),
             last_status: None,

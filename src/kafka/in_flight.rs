@@ -2,18 +2,34 @@
 //! commit through the contiguous-prefix [`OffsetTracker`] when its work succeeded.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use futures::FutureExt;
 use rdkafka::consumer::StreamConsumer;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use super::consumer::{store, RebalanceContext};
 use super::offsets::{OffsetTracker, Token};
+
+/// One slot of the in-flight budget.
+pub struct Permit {
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The text of a panic payload.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".into())
+}
 
 /// The records a consumer loop has handed to concurrent tasks: bounded in number, each released
 /// for commit through the [`OffsetTracker`] when its work succeeded. The first error is kept and
@@ -48,24 +64,42 @@ impl InFlight {
         &self.failure
     }
 
-    /// Waits for a free slot, then runs `work` for the record of `token` in its own task.
-    pub async fn spawn(
-        &self,
-        token: Token,
-        work: impl Future<Output = Result<()>> + Send + 'static,
-    ) -> Result<()> {
+    /// Waits for a free slot. Cancel-safe: consume loops select on it together with their
+    /// cancellation and rebalance events, so a full budget never hides either.
+    pub async fn permit(&self) -> Result<Permit> {
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .context("in-flight limit closed")?;
+        Ok(Permit { _slot: permit })
+    }
+
+    /// A free slot, if there is one now.
+    pub fn try_permit(&self) -> Option<Permit> {
+        let slot = self.permits.clone().try_acquire_owned().ok()?;
+        Some(Permit { _slot: slot })
+    }
+
+    /// Runs `work` for the record of `token` in its own task, holding `permit` until it ends.
+    /// A panic in `work` counts as its error: the loop stops and the record is re-read.
+    pub fn spawn(
+        &self,
+        permit: Permit,
+        token: Token,
+        work: impl Future<Output = Result<()>> + Send + 'static,
+    ) {
         let tracker = self.tracker.clone();
         let consumer = self.consumer.clone();
         let failure = self.failure.clone();
         let first_error = self.first_error.clone();
         self.tasks.spawn(async move {
-            match work.await {
+            let result = match AssertUnwindSafe(work).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => Err(anyhow!("record handling panicked: {}", panic_text(&panic))),
+            };
+            match result {
                 Ok(()) => {
                     if let Some(commit) = tracker.complete(token) {
                         store(&consumer, &commit);
@@ -75,14 +109,13 @@ impl InFlight {
                     error!(error = %format!("{e:#}"), "record handling failed; stopping");
                     first_error
                         .lock()
-                        .expect("error slot poisoned")
+                        .unwrap_or_else(PoisonError::into_inner)
                         .get_or_insert(e);
                     failure.cancel();
                 }
             }
             drop(permit);
         });
-        Ok(())
     }
 
     /// Releases a record that needed no work (skipped as unusable after logging).
@@ -104,7 +137,12 @@ impl InFlight {
                 "shutdown deadline passed; unfinished records will be re-read after restart"
             );
         }
-        match self.first_error.lock().expect("error slot poisoned").take() {
+        match self
+            .first_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             Some(e) => Err(e),
             None => Ok(()),
         }

@@ -7,7 +7,9 @@
 //!   property; an unknown property fails client creation naming it;
 //! - [`consumer`]: the rebalance listener of the group consumers and the offset store;
 //! - [`offsets`]: the per-partition contiguous-prefix offset tracker;
-//! - [`in_flight`]: the bounded set of records being handled concurrently.
+//! - [`in_flight`]: the bounded set of records being handled concurrently;
+//! - [`produce`]: output records produced with every error classified, so none stops us;
+//! - [`fetch`]: one record read again by its coordinates (task bodies stored by reference).
 
 use std::time::Duration;
 
@@ -21,8 +23,10 @@ use rdkafka::producer::FutureProducer;
 use crate::config::Config;
 
 pub mod consumer;
+pub mod fetch;
 pub mod in_flight;
 pub mod offsets;
+pub mod produce;
 
 /// Where an input record came from: in tasks, delivery-log records and the stable delivery id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -30,6 +34,10 @@ pub struct SourceRef {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The record's timestamp (Unix ms), when it has one: with it the delivery id stays unique
+    /// if the topic is deleted and created again (offsets restart at 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Default timeout of metadata and watermark requests.
@@ -62,13 +70,15 @@ pub fn producer(config: &Config) -> Result<FutureProducer> {
     create(with_properties(c, config), "producer")
 }
 
-/// A consumer in group `group`. Offsets are stored by the application only after a
-/// record's outputs are acknowledged (`enable.auto.offset.store=false`) and committed in the
-/// background from that store.
+/// A consumer in group `group`, starting at `offset_reset` when the group has no committed
+/// offset. Offsets are stored by the application only after a record's outputs are
+/// acknowledged (`enable.auto.offset.store=false`) and committed in the background from that
+/// store.
 pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
     config: &Config,
     role: &str,
     group: &str,
+    offset_reset: &str,
     context: C,
 ) -> Result<StreamConsumer<C>> {
     let mut c = base(config, role);
@@ -78,7 +88,7 @@ pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
         // often (librdkafka skips a commit when no stored offset moved).
         .set("auto.commit.interval.ms", "200")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", offset_reset)
         .set("enable.partition.eof", "false")
         // librdkafka prefetches up to 64 MiB per consumer by default; the processor runs five
         // consumers, and records wait in memory as in-flight work anyway.

@@ -32,12 +32,14 @@ pub fn unique(name: &str) -> String {
     )
 }
 
-/// A config for one test: own topics and group, admin server on an ephemeral port.
+/// A config for one test: own topics and group, admin server on an ephemeral port. Its new
+/// group reads the events topic from the beginning: tests produce before they start.
 pub fn config(name: &str) -> Config {
     let prefix = unique(name);
     let mut c = Config::default();
     c.kafka.bootstrap_servers = bootstrap();
     c.kafka.group_id = format!("{prefix}group");
+    c.kafka.events_offset_reset = "earliest".into();
     c.topics = TopicNames::with_prefix(&prefix);
     c.topic_setup.partitions = 3;
     c.topic_setup.subscription_partitions = 3;

@@ -64,6 +64,10 @@ pub fn config_toml(c: &Config) -> String {
     );
     set("kafka.group_id", c.kafka.group_id.clone().into());
     set("kafka.client_id", c.kafka.client_id.clone().into());
+    set(
+        "kafka.events_offset_reset",
+        c.kafka.events_offset_reset.clone().into(),
+    );
     for (setting, name) in c.topics.all() {
         set(setting, name.into());
     }
