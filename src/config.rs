@@ -29,7 +29,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// `bootstrap.servers` for every client.
@@ -84,6 +84,33 @@ pub struct HttpConfig {
     pub ca_bundle: Option<PathBuf>,
     /// Response bodies are read up to this many bytes (kept for the delivery log excerpt).
     pub max_response_bytes: usize,
+    /// Exceptions to the address guard (`net_guard`): CIDRs (`10.0.0.0/8`), single addresses
+    /// and host names (`localhost`, `*.dev.internal`) that may be dialled although they are not
+    /// globally routable. Empty by default: only public addresses receive webhooks.
+    #[serde(deserialize_with = "one_or_many")]
+    pub allow_private: Vec<String>,
+    /// Pinned names, `HOST=ADDRESS[,ADDRESS…]` (like `curl --resolve`): the host resolves to
+    /// these addresses without a DNS lookup. The addresses are still checked by the guard.
+    #[serde(deserialize_with = "one_or_many")]
+    pub resolve: Vec<String>,
+}
+
+/// A list setting given as a list, or as one string (`--set http.allow_private=127.0.0.0/8`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split_whitespace()
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -199,6 +226,8 @@ impl Default for HttpConfig {
             request_timeout_ms: 10_000,
             ca_bundle: None,
             max_response_bytes: 4096,
+            allow_private: Vec::new(),
+            resolve: Vec::new(),
         }
     }
 }
@@ -244,10 +273,53 @@ pub const ENV_PREFIX: &str = "MGPASS_";
 pub const ENV_KAFKA_PROP_PREFIX: &str = "MGPASS_KAFKA_PROP_";
 
 /// Command-line overrides, the last layer. `set` holds `dotted.key=value` pairs.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Overrides {
     pub bootstrap_servers: Option<String>,
     pub set: Vec<String>,
+}
+
+/// `--set kafka.properties.sasl.password=…` holds a secret: `Debug` shows its key only.
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: Vec<String> = self
+            .set
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if is_secret_property(k) => format!("{k}={REDACTED}"),
+                _ => pair.clone(),
+            })
+            .collect();
+        f.debug_struct("Overrides")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("set", &set)
+            .finish()
+    }
+}
+
+/// The pass-through properties may hold credentials: `Debug` redacts them as
+/// [`Config::redacted`] does.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) {
+                    REDACTED
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("client_id", &self.client_id)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl Config {
@@ -382,6 +454,9 @@ impl Config {
             if !ca.is_file() {
                 p.push(format!("http.ca_bundle: no such file {}", ca.display()));
             }
+        }
+        if let Err(problems) = crate::net_guard::Policy::from_config(&self.http) {
+            p.extend(problems);
         }
         if self.delivery.max_in_flight == 0 {
             p.push("delivery.max_in_flight: must be positive".into());
@@ -536,7 +611,12 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
 
 fn describe_figment_error(e: &figment::Error) -> String {
     let path = e.path.join(".");
-    let mut msg = e.kind.to_string();
+    // A type error quotes the value it found: never for a credential.
+    let mut msg = if is_secret_property(&path) {
+        "invalid value (not shown: the setting holds a secret)".to_string()
+    } else {
+        e.kind.to_string()
+    };
     if let Some(src) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
         msg = format!("{msg} (from {src})");
     }

@@ -18,6 +18,7 @@
 //! | [`local_https`] | throw-away CA and HTTPS server loop for local receivers (tests, benchmark) |
 //! | [`admin_server`] | `/metrics`, liveness and readiness over HTTP |
 //! | [`metrics`] | the closed set of Prometheus metrics |
+//! | [`net_guard`] | the address guard: which addresses may receive webhooks, the guarding resolver |
 //! | [`telemetry`] | tracing subscriber set-up |
 
 pub mod admin_server;
@@ -30,6 +31,7 @@ pub mod kafka;
 pub mod local_https;
 pub mod matching;
 pub mod metrics;
+pub mod net_guard;
 pub mod processor;
 pub mod secret;
 pub mod signing;

@@ -31,6 +31,7 @@ fn spawn(c: &Config, receiver: &Receiver, extra: &[&str]) -> Child {
         ("topics.invalid", &t.invalid),
         ("admin.listen", "127.0.0.1:0"),
         ("http.request_timeout_ms", "5000"),
+        ("http.allow_private", "127.0.0.0/8"),
     ];
     for (k, v) in settings {
         args.push("--set".into());

@@ -513,6 +513,7 @@ impl Bench {
         c.topic_setup.retention_ms = 3_600_000;
         c.topic_setup.long_retention_ms = 3_600_000;
         c.http.ca_bundle = Some(self.ca_file.clone());
+        c.http.allow_private = vec!["127.0.0.0/8".into()];
         if let Some(t) = spec.request_timeout_ms {
             c.http.request_timeout_ms = t;
             c.http.connect_timeout_ms = c.http.connect_timeout_ms.min(t);
@@ -848,6 +849,8 @@ fn processor_toml(c: &Config) -> String {
         "connect_timeout_ms = {}\nrequest_timeout_ms = {}\n",
         c.http.connect_timeout_ms, c.http.request_timeout_ms
     ));
+    let allow: Vec<String> = c.http.allow_private.iter().map(|a| q(a)).collect();
+    out.push_str(&format!("allow_private = [{}]\n", allow.join(", ")));
     out.push_str("\n[delivery]\n");
     out.push_str(&format!(
         "max_in_flight = {}\nmax_in_flight_per_endpoint = {}\nshutdown_deadline_secs = {}\n",
