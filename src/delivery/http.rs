@@ -776,6 +776,24 @@ mod tests {
         }
     }
 
+    /// The proxied transport checks names before handing a request to the proxy; reqwest's own
+    /// connector (used for `NO_PROXY` targets) must refuse as well, at the resolver.
+    #[tokio::test]
+    async fn the_reqwest_connector_resolves_through_the_guard() {
+        let resolver = Resolver::new(
+            net_guard::Policy::default(),
+            net_guard::Lookup::fixed([("internal.example", vec!["10.0.0.5".parse().unwrap()])]),
+        );
+        let client = proxied_client(&HttpConfig::default(), &[], resolver).unwrap();
+        let err = client
+            .post("https://internal.example:9/hook")
+            .send()
+            .await
+            .expect_err("refused");
+        let refused = net_guard::find_refusal(&err).expect("the guard's refusal in the chain");
+        assert!(refused.to_string().contains("10.0.0.5 is private"), "{refused}");
+    }
+
     #[test]
     fn status_classification_table() {
         let table = [
