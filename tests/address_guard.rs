@@ -310,3 +310,54 @@ async fn the_processor_delivers_to_a_pinned_name_and_refuses_private_endpoints_w
     cancel.cancel();
     handle.await.unwrap().unwrap();
 }
+
+/// `subscriptions put` through the binary warns on stderr when the URL's host is refused by the
+/// address guard or is plain http:// without `http.allow_http`, and still writes the record
+/// (both are sending rules, judged at each attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_warns_when_a_url_is_refused_by_the_sending_rules() {
+    let c = common::config("guardcli");
+    common::setup_topics(&c).await;
+    let put = |url: &str, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mgpass-webhooks"));
+        cmd.args(["--bootstrap-servers", &c.kafka.bootstrap_servers])
+            .args(["--set", &format!("topics.subscriptions={}", c.topics.subscriptions)])
+            .args(extra)
+            .args(["subscriptions", "put", "--id", "sub_x", "--url", url, "--secret", "s"])
+            .env_remove("RUST_LOG");
+        let out = cmd.output().expect("run the CLI");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = put("https://10.0.0.5/hook", &[]);
+    assert!(
+        err.contains("warning: sub_x") && err.contains("10.0.0.5 is private"),
+        "{err}"
+    );
+    let err = put("https://[fd00::1]/hook", &[]);
+    assert!(err.contains("unique_local"), "{err}");
+    let err = put("http://127.0.0.1:9/hook", &[]);
+    assert!(
+        err.contains("http.allow_http") && err.contains("loopback"),
+        "{err}"
+    );
+    // With the processor's development settings, the same URL draws no warning.
+    let err = put(
+        "http://127.0.0.1:9/hook",
+        &[
+            "--set",
+            "http.allow_http=true",
+            "--set",
+            "http.allow_private=127.0.0.0/8",
+        ],
+    );
+    assert!(!err.contains("warning"), "{err}");
+    // A pinned public-looking name is checked by the pinned address.
+    let err = put(
+        "https://hooks.partner.example/hook",
+        &["--set", "http.resolve=hooks.partner.example=169.254.169.254"],
+    );
+    assert!(err.contains("link_local"), "{err}");
+    let records = common::read_topic(&c.topics.subscriptions, 5, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 5, "every put was written");
+}
