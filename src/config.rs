@@ -770,6 +770,75 @@ mod tests {
     }
 
     #[test]
+    fn allow_list_and_pins_take_one_value_or_a_list_and_bad_entries_are_named() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "[http]\nallow_private = [\"127.0.0.0/8\", \"localhost\"]\n\
+             resolve = [\"hooks.partner.example=127.0.0.1\"]"
+        )
+        .unwrap();
+        let c = Config::load(Some(file.path()), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.http.allow_private, ["127.0.0.0/8", "localhost"]);
+        assert_eq!(c.http.resolve, ["hooks.partner.example=127.0.0.1"]);
+        let c = Config::load(
+            None,
+            env(&[("MGPASS_HTTP__ALLOW_PRIVATE", "10.0.0.0/8 fd00::/8")]),
+            &Overrides {
+                bootstrap_servers: None,
+                set: vec!["http.resolve=a.example=127.0.0.1".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(c.http.allow_private, ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(c.http.resolve, ["a.example=127.0.0.1"]);
+        let err = Config::load(
+            None,
+            env(&[]),
+            &Overrides {
+                bootstrap_servers: None,
+                set: vec![
+                    "http.allow_private=[10.0.0.0/40]".into(),
+                    "http.resolve=a.example=nowhere".into(),
+                ],
+            },
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("http.allow_private"), "{text}");
+        assert!(text.contains("http.resolve"), "{text}");
+        assert_eq!(Config::default().http.allow_private, Vec::<String>::new());
+    }
+
+    #[test]
+    fn debug_of_the_config_and_the_overrides_redacts_secret_properties() {
+        let c = Config::load(
+            None,
+            env(&[("MGPASS_KAFKA_PROP_SASL_PASSWORD", "pw-in-env")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pw-in-env"), "{shown}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        let o = Overrides {
+            bootstrap_servers: None,
+            set: vec![
+                "kafka.properties.sasl.password=pw-in-flag".into(),
+                "delivery.max_in_flight=3".into(),
+            ],
+        };
+        let shown = format!("{o:?}");
+        assert!(!shown.contains("pw-in-flag"), "{shown}");
+        assert!(shown.contains("delivery.max_in_flight=3"), "{shown}");
+        // A type error on a secret property does not quote the value.
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[kafka.properties]\n\"sasl.password\" = 987654321").unwrap();
+        let err = Config::load(Some(file.path()), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(!err.to_string().contains("987654321"), "{err}");
+    }
+
+    #[test]
     fn missing_config_file_is_named() {
         let err = Config::load(
             Some(Path::new("/nonexistent/mgpass.toml")),

@@ -166,7 +166,11 @@ fn refusal_v4(ip: Ipv4Addr) -> Option<AddressClass> {
 }
 
 fn in_v6(ip: u128, net: u128, len: u32) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
     ip & mask == net & mask
 }
 
@@ -533,7 +537,8 @@ impl Resolver {
     }
 }
 
-type Resolving = Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, GuardError>> + Send>>;
+type Resolving =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, GuardError>> + Send>>;
 
 /// hyper-util's `HttpConnector` resolver: the connector sets the port.
 impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for Resolver {
@@ -810,7 +815,12 @@ mod tests {
     fn bad_allow_list_and_pin_entries_are_named() {
         let err = policy(
             &["10.0.0.0/33", "not a host", "*.", "ok.example"],
-            &["nohost", "a.example=not-an-ip", "=1.2.3.4", "b.example=127.0.0.1"],
+            &[
+                "nohost",
+                "a.example=not-an-ip",
+                "=1.2.3.4",
+                "b.example=127.0.0.1",
+            ],
         )
         .unwrap_err();
         assert_eq!(err.len(), 6, "{err:?}");
@@ -822,7 +832,10 @@ mod tests {
     fn filter_drops_refused_addresses_and_refuses_when_none_is_left() {
         let p = policy(&["127.0.0.0/8"], &[]).unwrap();
         assert_eq!(
-            p.filter("mixed.example", &[ip("10.0.0.5"), ip("127.0.0.1"), ip("8.8.8.8")]),
+            p.filter(
+                "mixed.example",
+                &[ip("10.0.0.5"), ip("127.0.0.1"), ip("8.8.8.8")]
+            ),
             Ok(vec![ip("127.0.0.1"), ip("8.8.8.8")])
         );
         assert_eq!(

@@ -100,7 +100,11 @@ fn host_of(addr: &str) -> String {
 }
 
 fn assert_refused(result: &AttemptResult, addr: &str, class: AddressClass, what: &str) {
-    assert_eq!(result.outcome, Outcome::AddressRefused, "{what}: {result:?}");
+    assert_eq!(
+        result.outcome,
+        Outcome::AddressRefused,
+        "{what}: {result:?}"
+    );
     assert_eq!(result.status, None, "{what}");
     let error = result.error.as_deref().unwrap_or_default();
     assert!(
@@ -163,7 +167,12 @@ async fn the_allow_list_lets_loopback_through_by_range_or_by_name(transport: Tra
     let mut closed = receiver.http_config();
     closed.allow_private = Vec::new();
     let refused = send(&client(&closed, transport), &receiver.url("/hook")).await;
-    assert_refused(&refused, "127.0.0.1", AddressClass::Loopback, "no allow-list");
+    assert_refused(
+        &refused,
+        "127.0.0.1",
+        AddressClass::Loopback,
+        "no allow-list",
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(receiver.received().is_empty(), "nothing may be dialled");
 
@@ -178,7 +187,11 @@ async fn the_allow_list_lets_loopback_through_by_range_or_by_name(transport: Tra
     let mut by_name = receiver.http_config();
     by_name.allow_private = vec!["localhost".into()];
     by_name.resolve = vec!["localhost=127.0.0.1".into()];
-    let url = url::Url::parse(&format!("https://localhost:{}/named", receiver.addr().port())).unwrap();
+    let url = url::Url::parse(&format!(
+        "https://localhost:{}/named",
+        receiver.addr().port()
+    ))
+    .unwrap();
     let ok = send(&client(&by_name, transport), &url).await;
     assert_eq!(ok.outcome, Outcome::Success, "{ok:?}");
     // The name allows the name only, not the address it resolves to.
@@ -196,7 +209,9 @@ async fn a_pinned_public_looking_name_reaches_the_allowed_test_address(transport
     let url = url::Url::parse(&format!("http://hooks.partner.example:{port}/pinned")).unwrap();
     let ok = send(&client(&config, transport), &url).await;
     assert_eq!(ok.outcome, Outcome::Success, "{ok:?}");
-    let got = receiver.wait_for("/pinned", 1, Duration::from_secs(5)).await;
+    let got = receiver
+        .wait_for("/pinned", 1, Duration::from_secs(5))
+        .await;
     assert_eq!(
         got[0].header("host"),
         Some(format!("hooks.partner.example:{port}").as_str())
@@ -321,9 +336,21 @@ async fn the_cli_warns_when_a_url_is_refused_by_the_sending_rules() {
     let put = |url: &str, extra: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mgpass-webhooks"));
         cmd.args(["--bootstrap-servers", &c.kafka.bootstrap_servers])
-            .args(["--set", &format!("topics.subscriptions={}", c.topics.subscriptions)])
+            .args([
+                "--set",
+                &format!("topics.subscriptions={}", c.topics.subscriptions),
+            ])
             .args(extra)
-            .args(["subscriptions", "put", "--id", "sub_x", "--url", url, "--secret", "s"])
+            .args([
+                "subscriptions",
+                "put",
+                "--id",
+                "sub_x",
+                "--url",
+                url,
+                "--secret",
+                "s",
+            ])
             .env_remove("RUST_LOG");
         let out = cmd.output().expect("run the CLI");
         assert!(out.status.success(), "{out:?}");
@@ -355,7 +382,10 @@ async fn the_cli_warns_when_a_url_is_refused_by_the_sending_rules() {
     // A pinned public-looking name is checked by the pinned address.
     let err = put(
         "https://hooks.partner.example/hook",
-        &["--set", "http.resolve=hooks.partner.example=169.254.169.254"],
+        &[
+            "--set",
+            "http.resolve=hooks.partner.example=169.254.169.254",
+        ],
     );
     assert!(err.contains("link_local"), "{err}");
     let records = common::read_topic(&c.topics.subscriptions, 5, Duration::from_secs(20)).await;

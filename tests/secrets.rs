@@ -151,7 +151,11 @@ async fn wait_ready(admin: &str) {
     }
 }
 
-async fn delivery_log(c: &Config, at_least: usize, until: impl Fn(&[DeliveryLogRecord]) -> bool) -> Vec<DeliveryLogRecord> {
+async fn delivery_log(
+    c: &Config,
+    at_least: usize,
+    until: impl Fn(&[DeliveryLogRecord]) -> bool,
+) -> Vec<DeliveryLogRecord> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let records: Vec<DeliveryLogRecord> =
@@ -285,9 +289,13 @@ async fn no_secret_or_sasl_password_in_any_output_topic_or_log() {
     let (proc1, out1, err1) = start_processor(&config, dir.path(), "run-text", false);
     wait_ready(&admin).await;
     receiver.wait_for("/ok", 1, Duration::from_secs(60)).await;
-    receiver.wait_for("/flaky", 2, Duration::from_secs(60)).await;
+    receiver
+        .wait_for("/flaky", 2, Duration::from_secs(60))
+        .await;
     receiver.wait_for("/fail", 2, Duration::from_secs(60)).await;
-    receiver.wait_for("/suspend", 2, Duration::from_secs(60)).await;
+    receiver
+        .wait_for("/suspend", 2, Duration::from_secs(60))
+        .await;
     // sub_suspend's attempt 3 waits in the 5 s tier: its latest record becomes invalid now.
     let suspended = serde_json::json!({"id": "sub_suspend", "url": "https://p.example/h",
         "event_types": ["rewards.nope"], "secret": s_suspend});
@@ -309,7 +317,8 @@ async fn no_secret_or_sasl_password_in_any_output_topic_or_log() {
     let (proc2, out2, err2) = start_processor(&config, dir.path(), "run-json", true);
     wait_ready(&admin).await;
     let records = delivery_log(&c, 1, |r| {
-        r.iter().any(|x| x.subscription_id == "sub_fail" && x.attempt == 4)
+        r.iter()
+            .any(|x| x.subscription_id == "sub_fail" && x.attempt == 4)
             && r.iter().any(|x| x.outcome == "subscription_invalid")
     })
     .await;
@@ -327,7 +336,11 @@ async fn no_secret_or_sasl_password_in_any_output_topic_or_log() {
         .collect();
     assert_eq!(
         ended,
-        [(1, "http_error"), (2, "http_error"), (3, "subscription_invalid")],
+        [
+            (1, "http_error"),
+            (2, "http_error"),
+            (3, "subscription_invalid")
+        ],
         "the suspended subscription's retry ends, never sent again"
     );
     assert_eq!(receiver.received_on("/suspend").len(), 2);
@@ -360,7 +373,11 @@ async fn no_secret_or_sasl_password_in_any_output_topic_or_log() {
             ("sub_badjson", "bad_json"),
         ] {
             let l = status(id);
-            assert_eq!((l["status"].as_str(), l["reason"].as_str()), (Some("invalid"), Some(reason)), "{l}");
+            assert_eq!(
+                (l["status"].as_str(), l["reason"].as_str()),
+                (Some("invalid"), Some(reason)),
+                "{l}"
+            );
         }
         assert!(err.contains("3 subscriptions, 3 suspended"), "{err}");
         captured.add(format!("list json={json}"), format!("{out}{err}"));
@@ -431,10 +448,15 @@ async fn no_secret_or_sasl_password_in_any_output_topic_or_log() {
     let subs = common::read_topic(&t.subscriptions, 7, Duration::from_secs(20)).await;
     let stored: String = subs
         .iter()
-        .map(|m| String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned())
+        .map(|m| {
+            String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned()
+        })
         .collect();
     for s in [&s_ok, &s_fail, &s_flaky, &s_suspend, &s_badurl] {
-        assert!(stored.contains(s.as_str()), "{s} on the subscriptions topic");
+        assert!(
+            stored.contains(s.as_str()),
+            "{s} on the subscriptions topic"
+        );
     }
 }
 

@@ -104,8 +104,11 @@ async fn loads_10000_records_with_updates_tombstones_and_invalid_ones_to_the_rig
     assert_eq!(actual.len(), expected.len());
     assert_eq!(actual, expected);
     assert_eq!(metrics.subscriptions.get(), expected.len() as i64);
-    let listed: std::collections::BTreeSet<String> =
-        table.invalid_snapshot().into_iter().map(|(id, _)| id).collect();
+    let listed: std::collections::BTreeSet<String> = table
+        .invalid_snapshot()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(listed, suspended);
     assert_eq!(metrics.subscriptions_invalid.get(), suspended.len() as i64);
 }
@@ -230,12 +233,18 @@ async fn the_latest_record_decides_the_same_before_and_after_a_restart() {
     ] {
         assert!(table.get("sub_a").is_none(), "{what}: sub_a suspended");
         assert!(
-            table.matching("rewards.redeemed", None).iter().all(|s| s.id != "sub_a"),
+            table
+                .matching("rewards.redeemed", None)
+                .iter()
+                .all(|s| s.id != "sub_a"),
             "{what}: sub_a matches nothing"
         );
         let why = table.invalid("sub_a").expect("listed as invalid");
         assert_eq!(why.reason, "bad_url", "{what}");
-        assert!(!why.message.contains("s2"), "{what}: no secret in the reason");
+        assert!(
+            !why.message.contains("s2"),
+            "{what}: no secret in the reason"
+        );
         assert_eq!(metrics.subscriptions_invalid.get(), 1, "{what}: gauge");
     }
     assert!(restarted.get("sub_b").is_some());
@@ -249,7 +258,10 @@ async fn the_latest_record_decides_the_same_before_and_after_a_restart() {
     .await;
     wait_for(|| following.get("sub_a").is_some()).await;
     let (restarted, restart_metrics) = load(&c).await;
-    for (table, metrics) in [(&following, &follow_metrics), (&restarted, &restart_metrics)] {
+    for (table, metrics) in [
+        (&following, &follow_metrics),
+        (&restarted, &restart_metrics),
+    ] {
         assert_eq!(table.get("sub_a").unwrap().secret.expose(), "s1");
         assert!(table.invalid("sub_a").is_none());
         assert_eq!(metrics.subscriptions_invalid.get(), 0);

@@ -791,7 +791,10 @@ mod tests {
             .await
             .expect_err("refused");
         let refused = net_guard::find_refusal(&err).expect("the guard's refusal in the chain");
-        assert!(refused.to_string().contains("10.0.0.5 is private"), "{refused}");
+        assert!(
+            refused.to_string().contains("10.0.0.5 is private"),
+            "{refused}"
+        );
     }
 
     #[test]

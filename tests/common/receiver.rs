@@ -198,8 +198,10 @@ impl Receiver {
     /// allowed (plain), loopback allow-listed for the address guard, other settings at their
     /// defaults.
     pub fn http_config(&self) -> mgpass_webhooks::config::HttpConfig {
-        let mut c = mgpass_webhooks::config::HttpConfig::default();
-        c.allow_private = vec!["127.0.0.0/8".into()];
+        let mut c = mgpass_webhooks::config::HttpConfig {
+            allow_private: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        };
         if self.ca_dir.is_some() {
             c.ca_bundle = Some(self.ca_file());
         } else {
