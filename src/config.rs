@@ -74,7 +74,8 @@ pub struct TopicSetup {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Accept `http://` endpoint URLs. Only for local development.
+    /// Send to `http://` endpoint URLs. Only for local development. (A subscription record
+    /// with an `http://` URL is valid either way; without this its attempts are refused.)
     pub allow_http: bool,
     /// TCP + TLS connect timeout.
     pub connect_timeout_ms: u64,

@@ -148,7 +148,7 @@ impl SubscriptionRecord {
             other => {
                 return Err(invalid(
                     "bad_url",
-                    format!("{id}: url scheme {other:?} is not https"),
+                    format!("{id}: url scheme {other:?} is not https (or http)"),
                 ))
             }
         }
@@ -212,7 +212,7 @@ pub fn decode_record(
     let key = key.ok_or_else(|| invalid("missing_key", "record has no key"))?;
     let key = std::str::from_utf8(key).map_err(|_| invalid("bad_key", "key is not UTF-8"))?;
     let Some(value) = value else {
-        validate_id(key)?;
+        // Any key can be deleted, a malformed one too: that ends its listing as invalid.
         return Ok(Change::Delete(key.to_string()));
     };
     let record: SubscriptionRecord = serde_json::from_slice(value).map_err(|e| {
@@ -512,6 +512,11 @@ mod tests {
         assert_eq!(
             decode_record(Some(b"sub_1"), None).unwrap(),
             Change::Delete("sub_1".into())
+        );
+        // A malformed key can be deleted too (ending its listing as invalid).
+        assert_eq!(
+            decode_record(Some(b"a b"), None).unwrap(),
+            Change::Delete("a b".into())
         );
     }
 

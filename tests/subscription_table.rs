@@ -160,7 +160,8 @@ async fn empty_topic_loads_at_once_and_the_table_keeps_following() {
         &[(Some("sub_a".into()), None)],
     )
     .await;
-    wait_for(|| table.invalid("sub_a").is_none()).await;
+    // The gauge is set right after the table changes.
+    wait_for(|| table.invalid("sub_a").is_none() && metrics.subscriptions_invalid.get() == 0).await;
     assert!(table.get("sub_a").is_none());
     assert_eq!(metrics.subscriptions_invalid.get(), 0);
     cancel.cancel();
@@ -212,7 +213,12 @@ async fn the_latest_record_decides_the_same_before_and_after_a_restart() {
         ],
     )
     .await;
-    wait_for(|| following.invalid("sub_a").is_some() && following.get("sub_b").is_some()).await;
+    wait_for(|| {
+        following.invalid("sub_a").is_some()
+            && following.get("sub_b").is_some()
+            && follow_metrics.subscriptions_invalid.get() == 1
+    })
+    .await;
 
     // What compaction leaves of sub_a: the invalid record alone.
     let compacted = common::config("stayput-compacted");
@@ -256,7 +262,10 @@ async fn the_latest_record_decides_the_same_before_and_after_a_restart() {
         &[(Some("sub_a".into()), Some(good))],
     )
     .await;
-    wait_for(|| following.get("sub_a").is_some()).await;
+    wait_for(|| {
+        following.get("sub_a").is_some() && follow_metrics.subscriptions_invalid.get() == 0
+    })
+    .await;
     let (restarted, restart_metrics) = load(&c).await;
     for (table, metrics) in [
         (&following, &follow_metrics),
