@@ -30,7 +30,7 @@ pub struct Metrics {
     /// Numbers JavaScript cannot represent exactly, sent as their nearest double.
     pub inexact_numbers: IntCounter,
     /// Delivery attempts, by `outcome` (`success`, `http_error`, `timeout`, `connect_error`,
-    /// `redirect`, `subscription_gone`, …).
+    /// `redirect`, `address_refused`, `subscription_deleted`, `subscription_invalid`, …).
     pub attempts: IntCounterVec,
     /// Deliveries that ended, by `result` (`delivered`, `failed`, `dropped`).
     pub deliveries: IntCounterVec,
