@@ -15,6 +15,8 @@ pub struct Metrics {
     pub subscription_invalid: IntCounterVec,
     /// Subscriptions currently in the table.
     pub subscriptions: IntGauge,
+    /// Subscriptions whose latest record is invalid (suspended: no deliveries).
+    pub subscriptions_invalid: IntGauge,
     /// 1 once the subscription table has loaded to the end offsets captured at start.
     pub subscriptions_loaded: IntGauge,
     /// Seconds the initial subscription table load took.
@@ -28,7 +30,7 @@ pub struct Metrics {
     /// Numbers JavaScript cannot represent exactly, sent as their nearest double.
     pub inexact_numbers: IntCounter,
     /// Delivery attempts, by `outcome` (`success`, `http_error`, `timeout`, `connect_error`,
-    /// `redirect`, `subscription_gone`, …).
+    /// `redirect`, `address_refused`, `subscription_deleted`, `subscription_invalid`, …).
     pub attempts: IntCounterVec,
     /// Deliveries that ended, by `result` (`delivered`, `failed`, `dropped`).
     pub deliveries: IntCounterVec,
@@ -148,6 +150,10 @@ impl Metrics {
                 &["reason"],
             ),
             subscriptions: gauge("webhooks_subscriptions", "Subscriptions in the table"),
+            subscriptions_invalid: gauge(
+                "webhooks_subscriptions_invalid",
+                "Subscriptions whose latest record is invalid (suspended, not delivered to)",
+            ),
             subscriptions_loaded: gauge(
                 "webhooks_subscriptions_loaded",
                 "1 once the subscription table is fully loaded",

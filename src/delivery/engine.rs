@@ -154,6 +154,9 @@ impl Engine {
             found => {
                 let outcome = if found.is_some() {
                     "subscription_disabled"
+                } else if self.table.invalid(&task.subscription_id).is_some() {
+                    // Its latest record is invalid: suspended, as after a restart.
+                    "subscription_invalid"
                 } else {
                     "subscription_deleted"
                 };
