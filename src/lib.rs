@@ -15,6 +15,7 @@
 //! | [`body`] | the canonical (JavaScript fixed-point) webhook body |
 //! | [`signing`] | the HMAC-SHA256 signature header |
 //! | [`processor`] | the event consume loop: decode, match, dispatch, dead-letter |
+//! | [`ops`] | the operator tools: replay job, `failed list`, `deliveries show`, subscription secrets |
 //! | [`local_https`] | throw-away CA and HTTPS server loop for local receivers (tests, benchmark) |
 //! | [`admin_server`] | `/metrics`, liveness and readiness over HTTP |
 //! | [`metrics`] | the closed set of Prometheus metrics |
@@ -30,6 +31,7 @@ pub mod kafka;
 pub mod local_https;
 pub mod matching;
 pub mod metrics;
+pub mod ops;
 pub mod processor;
 pub mod secret;
 pub mod signing;

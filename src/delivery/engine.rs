@@ -1,6 +1,7 @@
 //! The delivery engine: one attempt of one delivery, end to end. It signs the body with the
 //! subscription as it is *now* (a new URL or secret applies to retries; a deleted or disabled
-//! subscription ends the delivery with a logged outcome), sends it within the global and
+//! subscription, or one that no longer matches the event — event types narrowed, client scope
+//! changed — ends the delivery with a logged outcome), sends it within the global and
 //! per-endpoint concurrency limits (a busy endpoint is waited for, but once every connection to
 //! it is busy and the wait for one would exceed `delivery.endpoint_stall_ms` — nothing freed
 //! for that long, or a queue that takes longer to drain at the recent request duration — its
@@ -29,6 +30,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::events::RewardsEvent;
+use crate::matching::recheck;
 use crate::metrics::Metrics;
 use crate::processor::{Dispatcher, SourceRef};
 use crate::signing::sign;
@@ -81,17 +83,20 @@ impl Engine {
 
     /// Runs one attempt of `task` and produces its outputs; returns once they are acknowledged.
     pub async fn attempt(&self, task: DeliveryTask) -> Result<()> {
-        let sub = match self.table.get(&task.subscription_id) {
-            Some(s) if s.enabled => s,
-            found => {
-                let outcome = if found.is_some() {
-                    "subscription_disabled"
-                } else {
-                    "subscription_deleted"
-                };
+        let found = self.table.get(&task.subscription_id);
+        let check = recheck(
+            found.as_deref(),
+            &task.event_type,
+            task.client_id.as_ref().map(Option::as_deref),
+        );
+        let sub = match (found, check.outcome()) {
+            (Some(s), None) => s,
+            (_, outcome) => {
+                let outcome = outcome.unwrap_or("subscription_deleted");
                 info!(
                     delivery_id = %task.delivery_id, subscription = %task.subscription_id,
-                    attempt = task.attempt, outcome, "delivery ended: subscription gone"
+                    attempt = task.attempt, outcome, replay = task.replay.is_some(),
+                    "delivery ended: subscription gone or no longer matching"
                 );
                 self.metrics.attempts.with_label_values(&[outcome]).inc();
                 self.metrics
@@ -208,6 +213,7 @@ impl Engine {
         let rest = DeliveryTask {
             last_error: error,
             last_status: result.status,
+            last_outcome: Some(result.outcome.as_str().to_string()),
             ..task
         };
         match next {
@@ -234,7 +240,11 @@ impl Engine {
                     attempt = rest.attempt, outcome = result.outcome.as_str(),
                     "delivery failed after its last attempt"
                 );
-                outputs.push(self.task_output(&self.config.topics.failed, &rest)?);
+                let failed = DeliveryTask {
+                    failed_at_ms: Some(now_ms()),
+                    ..rest
+                };
+                outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
                 self.metrics.deliveries.with_label_values(&["failed"]).inc();
             }
         }
@@ -273,6 +283,7 @@ impl Engine {
             duration_ms,
             attempted_at: rfc3339_ms(attempted_at),
             next_attempt_at: next_attempt_at.map(rfc3339_ms),
+            replay: task.replay.clone(),
         }
     }
 
@@ -335,6 +346,10 @@ impl Engine {
                 source: Source::from(source),
                 last_error: None,
                 last_status: None,
+                last_outcome: None,
+                client_id: Some(event.client_id.clone()),
+                failed_at_ms: None,
+                replay: None,
             })
             .collect()
     }

@@ -7,6 +7,8 @@
 //! before a pause took effect are held in order, not dropped. A task's offset is released for
 //! commit only when the engine has its outputs acknowledged, through the contiguous-prefix
 //! [`OffsetTracker`]. A record that is not a delivery task is logged, counted and skipped.
+//! A task read from the replay topic starts a fresh budget (attempt 1, due now) whatever
+//! `attempt` it carries; its retries then go through the tiers like any other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,6 +37,8 @@ pub struct TaskConsumer {
     topic: String,
     engine: Arc<Engine>,
     shutdown_deadline: Duration,
+    /// Whether this is the replay topic's consumer: its tasks start a fresh attempt budget.
+    fresh_budget: bool,
     /// Partitions this consumer paused. Pause and resume are called on changes only: each
     /// call is a librdkafka operation that also discards the partition's prefetched records
     /// (to be fetched again), so repeating them per polled record cost CPU and broker fetches.
@@ -58,6 +62,7 @@ impl TaskConsumer {
             consumer: Arc::new(consumer),
             rebalances,
             topic: topic.to_string(),
+            fresh_budget: topic == config.topics.replay,
             engine,
             shutdown_deadline: Duration::from_secs(config.delivery.shutdown_deadline_secs),
             paused: HashSet::new(),
@@ -96,6 +101,11 @@ impl TaskConsumer {
                             let token = in_flight.tracker().begin(m.topic(), m.partition(), m.offset());
                             match m.payload().map(serde_json::from_slice::<DeliveryTask>) {
                                 Some(Ok(task)) => {
+                                    let task = if self.fresh_budget {
+                                        task.with_fresh_budget(now_ms())
+                                    } else {
+                                        task
+                                    };
                                     let queue = held.entry(m.partition()).or_default();
                                     if queue.is_empty() && task.due_at_ms > now_ms() {
                                         self.pause(m.partition());
