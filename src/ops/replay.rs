@@ -48,7 +48,7 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Records produced and not yet acknowledged, at most.
 const MAX_UNACKED: usize = 10_000;
 
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub select: SelectorArgs,
@@ -67,6 +67,20 @@ pub struct ReplayArgs {
     /// Delivery ids shown per group in the plan.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub show_ids: usize,
+}
+
+impl Default for ReplayArgs {
+    /// What the command line gives without flags (no selector, so `run` refuses it).
+    fn default() -> Self {
+        ReplayArgs {
+            select: SelectorArgs::default(),
+            all: false,
+            dry_run: false,
+            force: false,
+            rate: None,
+            show_ids: 3,
+        }
+    }
 }
 
 /// Why a selected record is not re-injected.
@@ -351,19 +365,20 @@ pub async fn run(config: &Config, args: &ReplayArgs, out: &mut impl Write) -> Re
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
+    let planned_in = started.elapsed().as_secs_f64();
+    let producing = Instant::now();
     let errors = produce(config, &plan.replay, &run_id, args.rate, &mut summary).await?;
+    let produce_secs = producing.elapsed().as_secs_f64().max(0.001);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.error_count = errors.count;
     summary.errors = errors.first;
-    let secs = summary.seconds.max(0.001);
     writeln!(
         out,
-        "replay {run_id}: produced {} of {} to {} in {:.1}s ({:.0}/s); skipped {}",
+        "replay {run_id}: produced {} of {} to {} in {produce_secs:.1}s ({:.0}/s, after {planned_in:.1}s          reading and planning); skipped {}",
         summary.produced,
         summary.planned,
         config.topics.replay,
-        secs,
-        summary.produced as f64 / secs,
+        summary.produced as f64 / produce_secs,
         summary.skipped.values().sum::<usize>(),
     )?;
     if summary.error_count > 0 {
