@@ -34,9 +34,6 @@ pub enum Recheck {
 }
 
 impl Recheck {
-    /// Every outcome that ends a delivery without sending it.
-    pub const ENDED: [Recheck; 3] = [Recheck::Deleted, Recheck::Disabled, Recheck::Mismatch];
-
     /// The delivery-log outcome (and replay skip reason); `None` for [`Recheck::Send`].
     pub fn outcome(self) -> Option<&'static str> {
         match self {
@@ -129,6 +126,14 @@ mod tests {
         }
     }
 
+    /// (subscription now, the event's client as recorded, expected, case name)
+    type RecheckCase<'a> = (
+        Option<&'a Subscription>,
+        Option<Option<&'a str>>,
+        Recheck,
+        &'a str,
+    );
+
     #[test]
     fn recheck_table() {
         let pts = "rewards.points_awarded";
@@ -137,7 +142,7 @@ mod tests {
         let off = sub(&["*"], None, false);
         let any = sub(&["*"], None, true);
         #[rustfmt::skip]
-        let cases: &[(Option<&Subscription>, Option<Option<&str>>, Recheck, &str)] = &[
+        let cases: &[RecheckCase] = &[
             (None, Some(None), Recheck::Deleted, "deleted"),
             (Some(&off), Some(None), Recheck::Disabled, "disabled"),
             (Some(&any), Some(None), Recheck::Send, "wildcard"),

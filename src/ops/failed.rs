@@ -121,12 +121,22 @@ fn cut(s: &str, max: usize) -> String {
     }
 }
 
-/// The `failed list` table.
-pub fn render_failed(rows: &[FailedRecord], limit: usize, out: &mut impl Write) -> Result<()> {
+/// The `failed list` table; `replayed_by` names the run that replayed a row since it failed.
+pub fn render_failed<'a>(
+    rows: &'a [FailedRecord],
+    replayed_by: impl Fn(&'a FailedRecord) -> Option<&'a str>,
+    limit: usize,
+    out: &mut impl Write,
+) -> Result<()> {
     writeln!(
         out,
-        "{:<24}  {:<36}  {:<20}  {:<28}  {:<18}  {:<8}  ERROR",
-        "FAILED AT", "DELIVERY ID", "SUBSCRIPTION", "EVENT TYPE", "LAST OUTCOME", "REPLAYED"
+        "{:<24}  {:<36}  {:<20}  {:<28}  {:<18}  {:<28}  ERROR",
+        "FAILED AT",
+        "DELIVERY ID",
+        "SUBSCRIPTION",
+        "EVENT TYPE",
+        "LAST OUTCOME",
+        "REPLAYED SINCE BY"
     )?;
     let mut rows: Vec<&FailedRecord> = rows.iter().collect();
     rows.sort_by_key(|r| r.failed_at_ms);
@@ -135,13 +145,13 @@ pub fn render_failed(rows: &[FailedRecord], limit: usize, out: &mut impl Write) 
         let t = &r.task;
         writeln!(
             out,
-            "{:<24}  {:<36}  {:<20}  {:<28}  {:<18}  {:<8}  {}",
+            "{:<24}  {:<36}  {:<20}  {:<28}  {:<18}  {:<28}  {}",
             rfc3339_ms(r.failed_at_ms),
             t.delivery_id,
             cut(&t.subscription_id, 20),
             cut(&t.event_type, 28),
             t.last_outcome_or_guess(),
-            if t.replay.is_some() { "yes" } else { "no" },
+            replayed_by(r).unwrap_or("-"),
             cut(t.last_error.as_deref().unwrap_or("-"), 80),
         )?;
     }
@@ -154,7 +164,16 @@ pub fn render_failed(rows: &[FailedRecord], limit: usize, out: &mut impl Write) 
 /// `failed list`: prints the table to `out`; returns the number of selected records.
 pub async fn list(config: &Config, args: &ListArgs, out: &mut impl Write) -> Result<usize> {
     let read = read_failed(config, &args.select).await?;
-    render_failed(&read.selected, args.limit, out)?;
+    let replays = match super::replay::replay_lookback(&read.selected, false) {
+        Some(from) => super::replay::ReplayIndex::read(config, from).await?,
+        None => Default::default(),
+    };
+    render_failed(
+        &read.selected,
+        |r| replays.replayed_by(&r.task.delivery_id, &r.at),
+        args.limit,
+        out,
+    )?;
     for u in &read.undecodable {
         writeln!(
             out,

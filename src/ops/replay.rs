@@ -8,7 +8,8 @@
 //! but the latest failed record of a delivery that failed more than once.
 //!
 //! *Already replayed since it failed*: every replayed task carries a [`ReplayMarker`] naming the
-//! failed record it came from. The job reads the replay topic to its end at start; a failed record
+//! failed record it came from. The job reads the replay topic to its end at start, from the
+//! earliest selected failure on (less an hour for clock skew; see [`replay_lookback`]); a failed record
 //! at offset `o` of partition `p` counts as replayed when a replay record for the same delivery id
 //! names that partition and an offset `≥ o` (a delivery that fails again after a replay gets a
 //! new, later failed record, which is replayable again). The look-back is the replay topic's
@@ -115,25 +116,34 @@ impl Skip {
     }
 }
 
-/// delivery id → the failed records its replay records name.
+/// delivery id → the failed records its replay records name, with the run that replayed each.
 #[derive(Debug, Default, Clone)]
-pub struct ReplayIndex(HashMap<String, Vec<Source>>);
+pub struct ReplayIndex(HashMap<String, Vec<(Source, String)>>);
 
 impl ReplayIndex {
-    pub fn insert(&mut self, delivery_id: &str, failed: Source) {
+    pub fn insert(&mut self, delivery_id: &str, failed: Source, run_id: &str) {
         self.0
             .entry(delivery_id.to_string())
             .or_default()
-            .push(failed);
+            .push((failed, run_id.to_string()));
+    }
+
+    /// The run that replayed the failed record `at` of `delivery_id` since it was written (the
+    /// latest such run when several did).
+    pub fn replayed_by(&self, delivery_id: &str, at: &Source) -> Option<&str> {
+        self.0
+            .get(delivery_id)?
+            .iter()
+            .filter(|(n, _)| {
+                n.topic == at.topic && n.partition == at.partition && n.offset >= at.offset
+            })
+            .map(|(_, run)| run.as_str())
+            .max()
     }
 
     /// Whether the failed record `at` of `delivery_id` was replayed since it was written.
     pub fn replayed(&self, delivery_id: &str, at: &Source) -> bool {
-        self.0.get(delivery_id).is_some_and(|named| {
-            named.iter().any(|n| {
-                n.topic == at.topic && n.partition == at.partition && n.offset >= at.offset
-            })
-        })
+        self.replayed_by(delivery_id, at).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -142,6 +152,26 @@ impl ReplayIndex {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Reads the replay topic (to its end at start, from `since_ms`) into an index.
+    pub async fn read(config: &Config, since_ms: i64) -> Result<ReplayIndex> {
+        let mut index = ReplayIndex::default();
+        read_bounded(
+            config,
+            "replay",
+            &config.topics.replay,
+            Some(since_ms),
+            |m| {
+                if let Some(Ok(t)) = m.payload().map(serde_json::from_slice::<DeliveryTask>) {
+                    if let Some(marker) = t.replay {
+                        index.insert(&t.delivery_id, marker.failed, &marker.run_id);
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(index)
     }
 }
 
@@ -194,6 +224,23 @@ pub fn plan(
         }
     }
     p
+}
+
+/// Allowance for clocks of different hosts when comparing failed and replay times.
+pub const CLOCK_SKEW_MS: i64 = 3_600_000;
+
+/// Where the "already replayed?" read of the replay topic starts: a record can only have been
+/// replayed after it failed, so at the earliest selected failure (less [`CLOCK_SKEW_MS`]);
+/// `None` when nothing needs reading (nothing selected, or `--force`).
+pub fn replay_lookback(selected: &[FailedRecord], force: bool) -> Option<i64> {
+    if force {
+        return None;
+    }
+    selected
+        .iter()
+        .map(|r| r.failed_at_ms)
+        .min()
+        .map(|t| t.saturating_sub(CLOCK_SKEW_MS))
 }
 
 /// The task produced to the replay topic for failed record `r`.
@@ -305,17 +352,10 @@ pub async fn run(config: &Config, args: &ReplayArgs, out: &mut impl Write) -> Re
     let started = Instant::now();
     let run_id = new_run_id();
     let read = read_failed(config, &args.select).await?;
-    let mut replayed = ReplayIndex::default();
-    if !args.force {
-        read_bounded(config, "replay", &config.topics.replay, None, |m| {
-            if let Some(Ok(t)) = m.payload().map(serde_json::from_slice::<DeliveryTask>) {
-                if let Some(marker) = t.replay {
-                    replayed.insert(&t.delivery_id, marker.failed);
-                }
-            }
-        })
-        .await?;
-    }
+    let replayed = match replay_lookback(&read.selected, args.force) {
+        Some(from) => ReplayIndex::read(config, from).await?,
+        None => ReplayIndex::default(),
+    };
     let table = crate::commands::load_table(config).await?;
     let selected = read.selected.len();
     let plan = plan(read.selected, |id| table.get(id), &replayed, args.force);
@@ -374,7 +414,7 @@ pub async fn run(config: &Config, args: &ReplayArgs, out: &mut impl Write) -> Re
     summary.errors = errors.first;
     writeln!(
         out,
-        "replay {run_id}: produced {} of {} to {} in {produce_secs:.1}s ({:.0}/s, after {planned_in:.1}s          reading and planning); skipped {}",
+        "replay {run_id}: produced {} of {} to {} in {produce_secs:.1}s ({:.0}/s, after {planned_in:.1}s reading and planning); skipped {}",
         summary.produced,
         summary.planned,
         config.topics.replay,
@@ -672,8 +712,8 @@ mod tests {
             partition: p,
             offset: o,
         };
-        replayed.insert("dlv_done", at(0, 7));
-        replayed.insert("dlv_again", at(1, 3));
+        replayed.insert("dlv_done", at(0, 7), "rpl_1");
+        replayed.insert("dlv_again", at(1, 3), "rpl_1");
         let selected = vec![
             failed("dlv_ok", "ok", Some(None), 0, 1),
             failed("dlv_gone", "gone", Some(None), 0, 2),
@@ -733,7 +773,8 @@ mod tests {
             partition: p,
             offset: o,
         };
-        idx.insert("d", at("f", 1, 10));
+        idx.insert("d", at("f", 1, 10), "rpl_a");
+        idx.insert("d", at("f", 1, 2), "rpl_0");
         let cases = [
             ("d", at("f", 1, 10), true, "this record"),
             (
@@ -750,6 +791,7 @@ mod tests {
         for (id, failed, expected, name) in cases {
             assert_eq!(idx.replayed(id, &failed), expected, "{name}");
         }
+        assert_eq!(idx.replayed_by("d", &at("f", 1, 3)), Some("rpl_a"));
     }
 
     #[test]
@@ -762,6 +804,18 @@ mod tests {
         let m = t.replay.unwrap();
         assert_eq!((m.run_id.as_str(), m.replayed_at_ms), ("rpl_x", 5_000));
         assert_eq!((m.failed.partition, m.failed.offset), (2, 40));
+    }
+
+    #[test]
+    fn the_replay_topic_is_read_from_the_earliest_selected_failure() {
+        let a = failed("a", "ok", None, 0, 5_000_000);
+        let b = failed("b", "ok", None, 0, 4_000_000);
+        assert_eq!(
+            replay_lookback(&[a.clone(), b.clone()], false),
+            Some(4_000_000 - CLOCK_SKEW_MS)
+        );
+        assert_eq!(replay_lookback(&[a], true), None, "--force reads nothing");
+        assert_eq!(replay_lookback(&[], false), None, "nothing selected");
     }
 
     #[test]
