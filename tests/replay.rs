@@ -320,7 +320,10 @@ async fn failed_then_dry_run_then_replay_delivers_with_the_same_id_and_four_fres
     assert!(text.contains("already_replayed"), "{text}");
     assert_eq!(replay_topic(&c, 2, Duration::from_secs(3)).await.len(), 1);
     let list = cli(&c, &["failed", "list", "--delivery-id", &id]).await;
-    assert!(stdout(&list).contains(&run_id), "failed list names the replay run");
+    assert!(
+        stdout(&list).contains(&run_id),
+        "failed list names the replay run"
+    );
 
     let show = cli(
         &c,

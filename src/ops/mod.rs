@@ -3,7 +3,7 @@
 //! without a consumer group, up to the end offsets captured when it started ([`read`]), and stops.
 //!
 //! This module owns what the tools share: the record selectors of `replay` and `failed list`
-//! ([`SelectorArgs`], matched by the pure [`Selector::matches`]) and the parsing of times given on
+//! ([`SelectorArgs`], matched by the pure [`SelectorArgs::matches`]) and the parsing of times given on
 //! the command line ([`parse_time_at`]). Guarantees: a selector never matches a record it should
 //! not (table-tested); a bad selector value fails before anything is read, naming the flag.
 
@@ -49,9 +49,6 @@ pub struct SelectorArgs {
     #[arg(long = "reason", value_name = "OUTCOME", value_parser = parse_reason)]
     pub reasons: Vec<String>,
 }
-
-/// The selectors as a pure predicate.
-pub type Selector = SelectorArgs;
 
 impl SelectorArgs {
     /// True when no flag narrows the selection.
