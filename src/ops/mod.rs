@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod failed;
+pub mod progress;
 pub mod read;
 pub mod replay;
 

@@ -9,20 +9,20 @@
 //!
 //! *Already replayed since it failed*: every replayed task carries a [`ReplayMarker`] naming the
 //! failed record it came from. The job reads the replay topic to its end at start, from the
-//! earliest selected failure on (less an hour for clock skew; see [`replay_lookback`]); a failed record
-//! at offset `o` of partition `p` counts as replayed when a replay record for the same delivery id
-//! names that partition and an offset `≥ o` (a delivery that fails again after a replay gets a
-//! new, later failed record, which is replayable again). The look-back is the replay topic's
-//! retention (7 days by default).
+//! earliest selected failure on (less an hour for clock skew; see [`replay_lookback`]); a failed
+//! record at offset `o` of partition `p` counts as replayed when a replay record for the same
+//! delivery id names that partition and an offset `≥ o` (a delivery that fails again after a
+//! replay gets a new, later failed record, which is replayable again). The look-back is the
+//! replay topic's retention (7 days by default).
 //!
 //! Produced records keep the delivery id (the key, and `X-Webhook-Id` at the receiver), are
 //! acknowledged by Kafka before they count, and are paced to `--rate` per second when given
 //! ([`pace_wait`]). Progress goes to standard error (a bar on a terminal, a line every
-//! [`PROGRESS_EVERY`] otherwise), the summary to standard output; any record Kafka did not
+//! [`super::progress::PROGRESS_EVERY`] otherwise), the summary to standard output; any record Kafka did not
 //! acknowledge makes the job fail, naming the first error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,15 +36,13 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::failed::{read_failed, FailedRecord};
+use super::progress::Progress;
 use super::read::read_bounded;
 use super::{SelectorArgs, UsageError};
 use crate::config::Config;
 use crate::delivery::{now_ms, DeliveryTask, ReplayMarker, Source};
 use crate::matching::{recheck, Recheck};
 use crate::subscriptions::Subscription;
-
-/// How often progress lines are printed when standard error is not a terminal.
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Records produced and not yet acknowledged, at most.
 const MAX_UNACKED: usize = 10_000;
@@ -267,21 +265,6 @@ pub fn pace_wait(sent: u64, rate: Option<u32>, elapsed: Duration) -> Duration {
             due.saturating_sub(elapsed)
         }
     }
-}
-
-/// A text progress bar: `[#####-----]  500/1000`.
-pub fn render_bar(done: u64, total: u64, width: usize) -> String {
-    let filled = if total == 0 {
-        width
-    } else {
-        (done.min(total) as u128 * width as u128 / total as u128) as usize
-    };
-    format!(
-        "[{}{}] {done:>w$}/{total}",
-        "#".repeat(filled),
-        "-".repeat(width - filled),
-        w = total.to_string().len()
-    )
 }
 
 /// A new run id: `rpl_` + UTC time + 6 random hex digits.
@@ -510,7 +493,7 @@ async fn produce(
     let producer = crate::kafka::producer(config)?;
     let topic = &config.topics.replay;
     let total = records.len() as u64;
-    let mut progress = Progress::new(total);
+    let mut progress = Progress::new("replay", total);
     let mut errors = Errors {
         count: 0,
         first: Vec::new(),
@@ -578,64 +561,6 @@ async fn produce(
     progress.finish(acked, start.elapsed());
     summary.produced = acked;
     Ok(errors)
-}
-
-/// Progress on standard error: a redrawn bar on a terminal, a line every [`PROGRESS_EVERY`]
-/// otherwise.
-struct Progress {
-    total: u64,
-    tty: bool,
-    last: Option<Duration>,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        Progress {
-            total,
-            tty: std::io::stderr().is_terminal(),
-            last: None,
-        }
-    }
-
-    fn show(&mut self, done: u64, elapsed: Duration) {
-        let every = if self.tty {
-            Duration::from_millis(200)
-        } else {
-            PROGRESS_EVERY
-        };
-        let due = match self.last {
-            None => elapsed >= every,
-            Some(l) => elapsed >= l + every,
-        };
-        if !due {
-            return;
-        }
-        self.last = Some(elapsed);
-        let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let _ = write!(
-                err,
-                "\r  {}  {rate:.0}/s ",
-                render_bar(done, self.total, 30)
-            );
-        } else {
-            let _ = writeln!(
-                err,
-                "replay progress: {done}/{} acknowledged after {:.0}s ({rate:.0}/s)",
-                self.total,
-                elapsed.as_secs_f64()
-            );
-        }
-    }
-
-    fn finish(&mut self, done: u64, elapsed: Duration) {
-        if self.tty && self.last.is_some() {
-            self.last = None;
-            self.show(done, elapsed.max(Duration::from_millis(200)));
-            let _ = writeln!(std::io::stderr());
-        }
-    }
 }
 
 #[cfg(test)]
@@ -839,14 +764,6 @@ mod tests {
         for (sent, rate, elapsed, expected, name) in cases {
             assert_eq!(pace_wait(sent, rate, elapsed), expected, "{name}");
         }
-    }
-
-    #[test]
-    fn the_bar_fills_with_progress() {
-        assert_eq!(render_bar(0, 10, 10), "[----------]  0/10");
-        assert_eq!(render_bar(5, 10, 10), "[#####-----]  5/10");
-        assert_eq!(render_bar(10, 10, 10), "[##########] 10/10");
-        assert_eq!(render_bar(0, 0, 4), "[####] 0/0");
     }
 
     #[test]
