@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | root | [`app`] | builds and supervises the processor's tasks |
 //! | CLI | [`commands`] | subscription admin and the sample event producer |
+//! | | [`ops`] | the ops tools: replay, failed-delivery listing, delivery inspection, admin output |
 //! | consume loops | [`processor`] | the event loop: decode, match, dispatch, dead-letter |
 //! | | [`retries`] | the retry-tier and replay loops: hold each task until due, dispatch |
 //! | mapping | [`dispatch`] | event → delivery tasks, and the interface the loops hand work to |
@@ -36,6 +37,7 @@ pub mod kafka;
 pub mod matching;
 pub mod metrics;
 pub mod net_guard;
+pub mod ops;
 pub mod processor;
 pub mod retries;
 pub mod secret;

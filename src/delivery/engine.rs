@@ -1,6 +1,7 @@
 //! The delivery engine: one attempt of one delivery, end to end. It signs the body with the
 //! subscription as it is *now* (a new URL or secret applies to retries; a deleted or disabled
-//! subscription ends the delivery with a logged outcome), sends it within the global and
+//! subscription, or one that no longer matches the event — event types narrowed, client scope
+//! changed — ends the delivery with a logged outcome), sends it within the global and
 //! per-endpoint concurrency limits (a busy endpoint is waited for, but once every connection to
 //! it is busy and the wait for one would exceed `delivery.endpoint_stall_ms` — nothing freed
 //! for that long, or a queue that takes longer to drain at the recent request duration — its
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::events::RewardsEvent;
 use crate::kafka::fetch::{Fetched, RecordFetcher};
 use crate::kafka::produce::{max_message_bytes, produce_all, Output, RECORD_OVERHEAD_BYTES};
+use crate::matching::recheck;
 use crate::metrics::Metrics;
 use crate::signing::sign;
 use crate::subscriptions::{Subscription, SubscriptionTable};
@@ -149,20 +151,28 @@ impl Engine {
                 }
             }
         }
-        let sub = match self.table.get(&task.subscription_id) {
-            Some(s) if s.enabled => s,
-            found => {
-                let outcome = if found.is_some() {
-                    "subscription_disabled"
-                } else if self.table.invalid(&task.subscription_id).is_some() {
+        let found = self.table.get(&task.subscription_id);
+        let check = recheck(
+            found.as_deref(),
+            &task.event_type,
+            task.client_id.as_ref().map(Option::as_deref),
+        );
+        let sub = match (found, check.outcome()) {
+            (Some(s), None) => s,
+            (_, outcome) => {
+                let outcome = match outcome {
                     // Its latest record is invalid: suspended, as after a restart.
-                    "subscription_invalid"
-                } else {
-                    "subscription_deleted"
+                    None | Some("subscription_deleted")
+                        if self.table.invalid(&task.subscription_id).is_some() =>
+                    {
+                        "subscription_invalid"
+                    }
+                    other => other.unwrap_or("subscription_deleted"),
                 };
                 info!(
                     delivery_id = %task.delivery_id, subscription = %task.subscription_id,
-                    attempt = task.attempt, outcome, "delivery ended: subscription gone"
+                    attempt = task.attempt, outcome, replay = task.replay.is_some(),
+                    "delivery ended: subscription gone or no longer matching"
                 );
                 self.metrics.attempts.with_label_values(&[outcome]).inc();
                 self.metrics
@@ -279,6 +289,7 @@ impl Engine {
         let rest = DeliveryTask {
             last_error: error,
             last_status: result.status,
+            last_outcome: Some(result.outcome.as_str().to_string()),
             ..task
         };
         match next {
@@ -305,7 +316,11 @@ impl Engine {
                     attempt = rest.attempt, outcome = result.outcome.as_str(),
                     "delivery failed after its last attempt"
                 );
-                outputs.push(self.task_output(&self.config.topics.failed, &rest)?);
+                let failed = DeliveryTask {
+                    failed_at_ms: Some(now_ms()),
+                    ..rest
+                };
+                outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
                 self.metrics.deliveries.with_label_values(&["failed"]).inc();
             }
         }
@@ -344,6 +359,7 @@ impl Engine {
             duration_ms,
             attempted_at: rfc3339_ms(attempted_at),
             next_attempt_at: next_attempt_at.map(rfc3339_ms),
+            replay: task.replay.clone(),
         }
     }
 
