@@ -17,6 +17,7 @@
 //! | [`processor`] | the event consume loop: decode, match, dispatch, dead-letter |
 //! | [`local_https`] | throw-away CA and HTTPS server loop for local receivers (tests, benchmark) |
 //! | [`admin_server`] | `/metrics`, liveness and readiness over HTTP |
+//! | [`healthcheck`] | the `healthcheck` subcommand's probe of `/livez` (container health checks) |
 //! | [`metrics`] | the closed set of Prometheus metrics |
 //! | [`telemetry`] | tracing subscriber set-up |
 
@@ -26,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod events;
+pub mod healthcheck;
 pub mod kafka;
 pub mod local_https;
 pub mod matching;
