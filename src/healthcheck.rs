@@ -13,12 +13,8 @@ pub enum HealthcheckError {
     BadListen(String),
     #[error("--url {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("GET {url}: {source}")]
-    Request {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("GET {url}: {reason}")]
+    Request { url: String, reason: String },
     #[error("GET {url}: answered {status}, expected 200")]
     Status { url: String, status: u16 },
 }
@@ -49,9 +45,9 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<(), HealthcheckError>
             reason: "only http:// and https:// URLs can be probed".into(),
         });
     }
-    let request_error = |source| HealthcheckError::Request {
+    let request_error = |e: reqwest::Error| HealthcheckError::Request {
         url: url.to_string(),
-        source,
+        reason: root_cause(&e, timeout),
     };
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -68,6 +64,19 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<(), HealthcheckError>
             status,
         }),
     }
+}
+
+/// The innermost cause of a request error ("Connection refused (os error 111)"): reqwest's own
+/// layers repeat the URL and say nothing more.
+fn root_cause(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {} ms", timeout.as_millis());
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 #[cfg(test)]

@@ -127,6 +127,24 @@ async fn healthcheck_fails_when_nothing_listens() {
     let out = healthcheck(&["healthcheck"], &[("MGPASS_ADMIN__LISTEN", &listen)]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
+    // A server that accepts the connection and never answers: the timeout ends the probe.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/livez", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = healthcheck(&["healthcheck", "--url", &url, "--timeout-ms", "500"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no answer within 500 ms"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+
     // Bad URLs are named.
     let out = healthcheck(&["healthcheck", "--url", "ftp://127.0.0.1/livez"], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
