@@ -40,8 +40,8 @@ RUN apt-get update \
 COPY --from=builder /out/mgpass-webhooks /usr/local/bin/mgpass-webhooks
 # Numeric, so Kubernetes' runAsNonRoot can verify it without an /etc/passwd entry.
 USER 10001:10001
-ENV MGPASS_LOG__FORMAT=json \
-    MGPASS_ADMIN__LISTEN=0.0.0.0:9464
+# No MGPASS_* settings here: the environment layer would override a mounted --config file (the
+# Helm chart's ConfigMap). The built-in admin.listen default is 0.0.0.0:9464.
 EXPOSE 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/mgpass-webhooks", "healthcheck", "--timeout-ms", "3000"]

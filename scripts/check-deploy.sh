@@ -78,7 +78,7 @@ go_tool() {
   fi
   command -v go >/dev/null || { echo "go is needed to build ${name}" >&2; return 1; }
   local t0=$(date +%s)
-  echo "${name} ${version}: building from the Go module proxy (helm takes about 6 min on 2 cores)"
+  echo "${name} ${version}: building from the Go module proxy (helm: 3 to 6 min on 2 cores)"
   rm -rf "${dir}.tmp"
   GOBIN="${dir}.tmp" GOFLAGS=-buildvcs=false go install -ldflags="-s -w" "${package}@${version}"
   rm -rf "${dir}"
