@@ -176,6 +176,20 @@ check_helm_lint() {
 
 check_helm_render() {
   local v out
+  # NOTES.txt is rendered only by install/upgrade, which need a cluster: render it with
+  # `helm template` from a copy of the chart where a ConfigMap carries it through `tpl`.
+  rm -rf "${WORK}/chart-notes" && cp -r "${CHART}" "${WORK}/chart-notes"
+  cp "${CHART}/templates/NOTES.txt" "${WORK}/chart-notes/files/NOTES.txt"
+  printf '%s\n' 'apiVersion: v1' 'kind: ConfigMap' 'metadata: {name: notes}' 'data:' '  notes: |' \
+    '    {{- tpl (.Files.Get "files/NOTES.txt") . | nindent 4 }}' >"${WORK}/chart-notes/templates/notes-check.yaml"
+  for v in "${VALUES_SETS[@]}"; do
+    # shellcheck disable=SC2046
+    "${HELM}" template mgpass "${WORK}/chart-notes" --namespace webhooks "${KUBE_FLAG[@]}" $(values_args "${v}") \
+      --show-only templates/notes-check.yaml >"${WORK}/notes-$(basename "${v}" .yaml).txt"
+    grep -q "helm test mgpass -n webhooks" "${WORK}/notes-$(basename "${v}" .yaml).txt" \
+      || { echo "NOTES.txt did not render for ${v}" >&2; return 1; }
+  done
+  echo "NOTES.txt renders for every values set"
   for v in "${VALUES_SETS[@]}"; do
     out="${WORK}/render-$(basename "${v}" .yaml).yaml"
     # shellcheck disable=SC2046
