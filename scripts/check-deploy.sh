@@ -158,6 +158,9 @@ check_compose() {
   "${PY}" scripts/check-compose-mounts.py --expect-services "${COMPOSE_SERVICES}" <"${WORK}/compose.resolved.yml"
   sed 's#deploy/prometheus/prometheus.yml#deploy/prometheus/missing.yml#' "${WORK}/compose.resolved.yml" >"${WORK}/compose.bad.yml"
   expect_failure "a mount of a missing file" "missing.yml.*does not exist" "${PY}" scripts/check-compose-mounts.py <"${WORK}/compose.bad.yml"
+  sed 's#/etc/prometheus/rules:ro#/etc/prometheus/rulez:ro#' "${WORK}/compose.resolved.yml" >"${WORK}/compose.bad-rules.yml"
+  expect_failure "rules mounted where rule_files does not look" "rule_files .* matches no mounted file" \
+    "${PY}" scripts/check-compose-mounts.py <"${WORK}/compose.bad-rules.yml"
   sed 's/condition: service_healthy/condition: service_hapy/' docker-compose.yml >"${WORK}/docker-compose.bad.yml"
   expect_failure "a bad depends_on condition" "service_hapy|condition" docker-compose -f "${WORK}/docker-compose.bad.yml" config -q
 }
