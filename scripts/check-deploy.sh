@@ -274,9 +274,11 @@ PYEOF
   expect_failure "allowPrivilegeEscalation true" "allowPrivilegeEscalation" \
     "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set securityContext.allowPrivilegeEscalation=true
   expect_failure "a replay without runId" "replay.runId" \
-    "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set replay.enabled=true --set replay.subscription=s
+    "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set replay.enabled=true --set "replay.subscriptions={s}"
   expect_failure "a replay without selector" "at least one selector" \
     "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set replay.enabled=true --set replay.runId=r
+  expect_failure "a replay reason that is no outcome" "reasons" \
+    "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set replay.enabled=true --set replay.runId=r --set "replay.reasons={http_status}"
 }
 
 check_rendered_config() {
