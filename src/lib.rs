@@ -21,6 +21,7 @@
 //! | | [`body`] | the canonical (JavaScript fixed-point) webhook body |
 //! | | [`signing`] | the HMAC-SHA256 signature header and the guide's check |
 //! | operations | [`admin_server`] | `/metrics`, liveness and readiness over HTTP |
+//! | | [`healthcheck`] | the `healthcheck` subcommand's probe of `/livez` (container health checks) |
 //! | | [`metrics`] | the closed set of Prometheus metrics |
 //! | | [`topics`] | creation of every topic of the product with its policy |
 //! | | [`config`], [`secret`], [`telemetry`] | layered settings, the redacting secret type, logs |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod events;
+pub mod healthcheck;
 pub mod kafka;
 pub mod matching;
 pub mod metrics;

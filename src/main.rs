@@ -14,7 +14,7 @@ use mgpass_webhooks::ops::{self, admin, admin::choose_secret, admin::SecretSourc
 use mgpass_webhooks::subscriptions::SubscriptionRecord;
 use mgpass_webhooks::topics::{self, SetupOutcome};
 use mgpass_webhooks::{app, commands};
-use mgpass_webhooks::{kafka, telemetry};
+use mgpass_webhooks::{healthcheck, kafka, telemetry};
 use tokio_util::sync::CancellationToken;
 
 // glibc malloc/free was about a quarter of the processor's CPU under load (docs/benchmarks.md).
@@ -80,6 +80,15 @@ enum Command {
         /// How many events.
         #[arg(long, default_value_t = 1)]
         count: u32,
+    },
+    /// Probe the admin server's /livez (exit 0 on 200, else 1): the container health check.
+    Healthcheck {
+        /// URL to GET instead of http://<admin.listen>/livez (0.0.0.0 probed as 127.0.0.1).
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
     },
 }
 
@@ -239,6 +248,15 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
                 .await?;
                 println!("{event}");
             }
+            Ok(())
+        }
+        Command::Healthcheck { url, timeout_ms } => {
+            let url = match url {
+                Some(u) => u,
+                None => healthcheck::livez_url(&config.admin.listen)?,
+            };
+            healthcheck::probe(&url, std::time::Duration::from_millis(timeout_ms)).await?;
+            println!("ok {url}");
             Ok(())
         }
     }
