@@ -10,6 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -67,7 +68,8 @@ impl<D: Dispatcher> Processor<D> {
         health: Arc<Health>,
         dispatcher: Arc<D>,
     ) -> Result<Self> {
-        let (context, rebalances) = RebalanceContext::new();
+        let (context, rebalances) =
+            RebalanceContext::new(Duration::from_secs(config.delivery.shutdown_deadline_secs));
         Ok(Processor {
             consumer: Arc::new(kafka::group_consumer(
                 config,
@@ -157,7 +159,7 @@ impl<D: Dispatcher> Processor<D> {
             let this = self.clone();
             in_flight.spawn(permit, token, async move { this.handle(&m).await });
         }
-        let deadline = std::time::Duration::from_secs(self.config.delivery.shutdown_deadline_secs);
+        let deadline = Duration::from_secs(self.config.delivery.shutdown_deadline_secs);
         in_flight.finish(deadline).await
     }
 

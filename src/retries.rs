@@ -89,7 +89,8 @@ impl<D: Dispatcher> TaskConsumer<D> {
         dispatcher: Arc<D>,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
-        let (context, rebalances) = RebalanceContext::new();
+        let (context, rebalances) =
+            RebalanceContext::new(Duration::from_secs(config.delivery.shutdown_deadline_secs));
         // A group of its own per task topic: a tier consumer joining or leaving never
         // rebalances (and so never interrupts) the event consumer or the other tiers.
         let group = format!("{}.{topic}", config.kafka.group_id);

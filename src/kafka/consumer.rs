@@ -1,15 +1,34 @@
 //! The rebalance side of every concurrent group consumer of the processor (events, retry tiers,
-//! replay): the rebalance listener and the offset store of a released commit position. The
+//! replay): the rebalance listener, the consumer's [`OffsetTracker`], the count of records
+//! whose work is running per partition, and the offset store of a released commit position. The
 //! bounded set of records in flight is [`super::in_flight::InFlight`].
+//!
+//! # Revocations drain
+//!
+//! The group consumers use the cooperative-sticky assignor (`kafka::group_consumer`): a member
+//! joining or leaving moves only the partitions that change owner, and the others keep flowing.
+//! Before a revocation completes, the listener waits (up to `delivery.shutdown_deadline_secs`)
+//! for the work already running on the revoked partitions to finish, then commits their released
+//! positions synchronously: the next owner starts after what was delivered instead of
+//! delivering it again. The wait blocks the consumer's poll, which is where librdkafka runs the
+//! callback; it is done through `tokio::task::block_in_place`, so the running work keeps the
+//! runtime's other workers. Records fetched but not started (a retry tier's held tasks) are not
+//! waited for: the next owner reads them from the committed position.
 //!
 //! librdkafka keeps a partition's pause flag across revocation and reassignment, so the
 //! listener resumes every newly assigned partition; the consumer loop then re-pauses what it
 //! still has to wait for. Revocations are forwarded to the loop, which drops that partition's
 //! held records and in-flight bookkeeping (late completions of revoked work are ignored by the
-//! [`super::offsets::OffsetTracker`]).
+//! [`OffsetTracker`]).
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::ClientContext;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{info, warn};
 
@@ -24,25 +43,120 @@ pub enum RebalanceEvent {
 
 pub struct RebalanceContext {
     tx: UnboundedSender<RebalanceEvent>,
+    tracker: Arc<OffsetTracker>,
+    /// Records whose work is running, per (topic, partition).
+    running: Mutex<HashMap<(String, i32), usize>>,
+    /// How long a revocation waits for the revoked partitions' running work.
+    drain_deadline: Duration,
 }
 
 impl RebalanceContext {
-    pub fn new() -> (Self, UnboundedReceiver<RebalanceEvent>) {
+    pub fn new(drain_deadline: Duration) -> (Self, UnboundedReceiver<RebalanceEvent>) {
         let (tx, rx) = unbounded_channel();
-        (RebalanceContext { tx }, rx)
+        let context = RebalanceContext {
+            tx,
+            tracker: Arc::new(OffsetTracker::new()),
+            running: Mutex::new(HashMap::new()),
+            drain_deadline,
+        };
+        (context, rx)
     }
+
+    /// The offset bookkeeping of this consumer.
+    pub fn tracker(&self) -> &Arc<OffsetTracker> {
+        &self.tracker
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), usize>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Work for a record of `topic`/`partition` started.
+    pub fn started(&self, topic: &str, partition: i32) {
+        *self
+            .running()
+            .entry((topic.to_string(), partition))
+            .or_default() += 1;
+    }
+
+    /// Work for a record of `topic`/`partition` ended (however it ended).
+    pub fn ended(&self, topic: &str, partition: i32) {
+        let mut running = self.running();
+        let key = (topic.to_string(), partition);
+        if let Some(n) = running.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&key);
+            }
+        }
+    }
+
+    fn running_on(&self, parts: &[(String, i32)]) -> usize {
+        let running = self.running();
+        parts.iter().filter_map(|p| running.get(p)).sum()
+    }
+
+    /// Waits until no work runs on `parts` or the deadline passed; returns what still runs.
+    fn drain(&self, parts: &[(String, i32)]) -> usize {
+        let deadline = Instant::now() + self.drain_deadline;
+        let wait = || loop {
+            let left = self.running_on(parts);
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        match tokio::runtime::Handle::try_current() {
+            // On a worker of the multi-threaded runtime: hand its other tasks to another thread.
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            // Anywhere else the running work could not progress while we wait.
+            _ => self.running_on(parts),
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
-    fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let parts = |tpl: &rdkafka::TopicPartitionList| {
-            tpl.elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect::<Vec<_>>()
+    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
         };
+        let parts = partitions_of(tpl);
+        let started = Instant::now();
+        let left = self.drain(&parts);
+        let mut commit = TopicPartitionList::new();
+        for (topic, partition) in &parts {
+            if let Some(position) = self.tracker.committable(topic, *partition) {
+                if let Err(e) =
+                    commit.add_partition_offset(topic, *partition, Offset::Offset(position))
+                {
+                    warn!(%topic, partition, error = %e, "cannot list a position to commit");
+                }
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(e) = base.commit(&commit, CommitMode::Sync) {
+                warn!(error = %e, "committing revoked partitions failed; their next owner re-reads from the last commit");
+            }
+        }
+        info!(
+            partitions = ?parts, drained_ms = started.elapsed().as_millis() as u64,
+            still_running = left, "revoked partitions drained and committed"
+        );
+    }
+
+    fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let parts = partitions_of;
         match rebalance {
             Rebalance::Assign(tpl) => {
                 if let Err(e) = base.resume(tpl) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use futures::FutureExt;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,10 +44,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The in-flight set of `consumer`, sharing its context's offset tracker.
     pub fn new(consumer: Arc<StreamConsumer<RebalanceContext>>, limit: usize) -> Self {
         InFlight {
+            tracker: consumer.context().tracker().clone(),
             consumer,
-            tracker: Arc::new(OffsetTracker::new()),
             permits: Arc::new(Semaphore::new(limit)),
             tasks: TaskTracker::new(),
             failure: CancellationToken::new(),
@@ -94,6 +95,8 @@ impl InFlight {
         let consumer = self.consumer.clone();
         let failure = self.failure.clone();
         let first_error = self.first_error.clone();
+        let (topic, partition) = (token.topic().to_string(), token.partition());
+        consumer.context().started(&topic, partition);
         self.tasks.spawn(async move {
             let result = match AssertUnwindSafe(work).catch_unwind().await {
                 Ok(result) => result,
@@ -101,9 +104,7 @@ impl InFlight {
             };
             match result {
                 Ok(()) => {
-                    if let Some(commit) = tracker.complete(token) {
-                        store(&consumer, &commit);
-                    }
+                    tracker.complete_with(token, |commit| store(&consumer, commit));
                 }
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "record handling failed; stopping");
@@ -114,15 +115,15 @@ impl InFlight {
                     failure.cancel();
                 }
             }
+            consumer.context().ended(&topic, partition);
             drop(permit);
         });
     }
 
     /// Releases a record that needed no work (skipped as unusable after logging).
     pub fn complete_now(&self, token: Token) {
-        if let Some(commit) = self.tracker.complete(token) {
-            store(&self.consumer, &commit);
-        }
+        self.tracker
+            .complete_with(token, |commit| store(&self.consumer, commit));
     }
 
     /// Lets in-flight work finish within `deadline`, then returns the first error, if any.

@@ -89,6 +89,9 @@ pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
         .set("auto.commit.interval.ms", "200")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", offset_reset)
+        // A member joining or leaving moves only the partitions that change owner; the others
+        // keep flowing (consumer::RebalanceContext drains what moves).
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.partition.eof", "false")
         // librdkafka prefetches up to 64 MiB per consumer by default; the processor runs five
         // consumers, and records wait in memory as in-flight work anyway.

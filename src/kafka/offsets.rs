@@ -262,6 +262,14 @@ impl OffsetTracker {
     /// commit position when it advanced, `None` otherwise; also `None`, with nothing changed, when
     /// the token was issued before its partition was last revoked.
     pub fn complete(&self, token: Token) -> Option<Commit> {
+        self.complete_with(token, |_| {})
+    }
+
+    /// [`complete`](Self::complete), calling `release` with the new commit position while the
+    /// tracker is still locked: positions reach `release` in the order they were released, so
+    /// a store made there never moves a partition's position backwards (two completions racing
+    /// to store 15 and then 10).
+    pub fn complete_with(&self, token: Token, release: impl FnOnce(&Commit)) -> Option<Commit> {
         if !token.tracked {
             return None;
         }
@@ -274,11 +282,13 @@ impl OffsetTracker {
             return None;
         }
         let offset = slot.tracker.complete(token.offset)?;
-        Some(Commit {
+        let commit = Commit {
             topic: token.topic,
             partition: token.partition,
             offset,
-        })
+        };
+        release(&commit);
+        Some(commit)
     }
 
     /// The current commit position of `topic`/`partition`, `None` when nothing has been released
@@ -341,6 +351,48 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use proptest::sample::Index;
+
+    // ---- OffsetTracker: what is stored never moves backwards ----
+
+    #[test]
+    fn positions_released_by_racing_completions_are_stored_in_order() {
+        for round in 0..50 {
+            let tracker = Arc::new(OffsetTracker::new());
+            let tokens: Vec<Token> = (0..64).map(|o| tracker.begin("t", 0, o)).collect();
+            let stored = Arc::new(Mutex::new(Vec::new()));
+            // Complete in a scrambled order from several threads at once.
+            let mut tokens: Vec<(usize, Token)> = tokens.into_iter().enumerate().collect();
+            tokens.sort_by_key(|(i, _)| (i * 37 + round) % 64);
+            let chunks: Vec<Vec<Token>> = {
+                let mut chunks: Vec<Vec<Token>> = (0..4).map(|_| Vec::new()).collect();
+                for (n, (_, t)) in tokens.into_iter().enumerate() {
+                    chunks[n % 4].push(t);
+                }
+                chunks
+            };
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    let tracker = tracker.clone();
+                    let stored = stored.clone();
+                    std::thread::spawn(move || {
+                        for t in chunk {
+                            tracker.complete_with(t, |c| stored.lock().unwrap().push(c.offset));
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            let stored = stored.lock().unwrap();
+            assert!(
+                stored.windows(2).all(|w| w[0] < w[1]),
+                "stores went backwards: {stored:?}"
+            );
+            assert_eq!(stored.last(), Some(&64));
+        }
+    }
 
     // ---- PartitionTracker: unit tests ----
 
