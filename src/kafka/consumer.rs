@@ -24,16 +24,32 @@ pub enum RebalanceEvent {
 
 pub struct RebalanceContext {
     tx: UnboundedSender<RebalanceEvent>,
+    /// Where librdkafka statistics report this consumer's lag.
+    lag: Option<crate::metrics::ConsumerLag>,
 }
 
 impl RebalanceContext {
     pub fn new() -> (Self, UnboundedReceiver<RebalanceEvent>) {
         let (tx, rx) = unbounded_channel();
-        (RebalanceContext { tx }, rx)
+        (RebalanceContext { tx, lag: None }, rx)
+    }
+
+    /// Reports this consumer's lag per assigned partition from librdkafka's statistics.
+    pub fn with_lag(self, lag: crate::metrics::ConsumerLag) -> Self {
+        RebalanceContext {
+            lag: Some(lag),
+            ..self
+        }
     }
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(lag) = &self.lag {
+            super::stats::report(statistics, lag);
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

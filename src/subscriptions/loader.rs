@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::{decode_record, Change, Rules, SubscriptionTable};
 use crate::config::Config;
 use crate::kafka;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SubscriptionOutcome};
 
 /// Which partitions still have to reach the end offsets captured at start. Pure bookkeeping.
 #[derive(Debug, Clone)]
@@ -193,18 +193,15 @@ impl Loader {
                 let outcome = match &change {
                     Change::Put(s) => {
                         debug!(subscription = %s.id, partition, offset, "subscription put");
-                        "put"
+                        SubscriptionOutcome::Put
                     }
                     Change::Delete(id) => {
                         debug!(subscription = %id, partition, offset, "subscription deleted");
-                        "delete"
+                        SubscriptionOutcome::Delete
                     }
                 };
                 self.table.apply(change);
-                self.metrics
-                    .subscription_records
-                    .with_label_values(&[outcome])
-                    .inc();
+                self.metrics.subscription_record(outcome);
                 self.metrics.subscriptions.set(self.table.len() as i64);
                 true
             }
@@ -213,14 +210,7 @@ impl Loader {
                     topic = %self.topic, partition, offset, reason = e.code, error = %e.message,
                     "invalid subscription record ignored; last good version kept"
                 );
-                self.metrics
-                    .subscription_records
-                    .with_label_values(&["invalid"])
-                    .inc();
-                self.metrics
-                    .subscription_invalid
-                    .with_label_values(&[e.code])
-                    .inc();
+                self.metrics.invalid_subscription(e.code);
                 false
             }
         }
