@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::subscriptions::loader::Loader;
-use crate::subscriptions::{Rules, Subscription, SubscriptionRecord, SubscriptionTable};
+use crate::subscriptions::{Subscription, SubscriptionRecord, SubscriptionTable};
 
 /// Produces one record and waits for the broker's acknowledgement.
 pub async fn produce(
@@ -40,9 +40,7 @@ pub async fn produce(
 /// Validates and writes a subscription record (the secret in clear, as the processor needs it).
 pub async fn put_subscription(config: &Config, record: SubscriptionRecord) -> Result<Subscription> {
     let sub = record
-        .validate(Rules {
-            allow_http: config.http.allow_http,
-        })
+        .validate()
         .map_err(|e| anyhow!("invalid subscription: {}", e.message))?;
     let value = serde_json::to_vec(&sub.to_record()).context("encoding the subscription")?;
     let producer = kafka::producer(config)?;
@@ -54,6 +52,36 @@ pub async fn put_subscription(config: &Config, record: SubscriptionRecord) -> Re
     )
     .await?;
     Ok(sub)
+}
+
+/// What an admin should know before relying on `url`, judged by the sending rules of `config`
+/// (the processor's, when the CLI is given the processor's configuration): a plain `http://`
+/// URL that is not sent to without `http.allow_http`, and a host that is, or resolves only to,
+/// an address the address guard refuses. Empty when nothing is wrong. The record stays valid
+/// either way: these are sending rules, applied at each attempt.
+pub async fn url_warnings(config: &Config, url: &url::Url) -> Vec<String> {
+    let mut out = Vec::new();
+    if url.scheme() == "http" && !config.http.allow_http {
+        out.push(
+            "the URL is plain http://: the processor refuses to send to it unless \
+             http.allow_http is set (local development only)"
+                .to_string(),
+        );
+    }
+    match crate::net_guard::Resolver::from_config(&config.http) {
+        Err(e) => out.push(format!("cannot check the address: {e:#}")),
+        Ok(resolver) => match resolver.check_url(url).await {
+            Ok(_) => {}
+            Err(e @ crate::net_guard::GuardError::Refused { .. }) => out.push(format!(
+                "the URL's host {}: deliveries will fail as address_refused",
+                e
+            )),
+            Err(e) => out.push(format!(
+                "the URL's host cannot be checked now ({e}); deliveries will fail until it resolves"
+            )),
+        },
+    }
+    out
 }
 
 /// Writes the tombstone that deletes subscription `id`.

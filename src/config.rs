@@ -29,7 +29,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// `bootstrap.servers` for every client.
@@ -79,7 +79,8 @@ pub struct TopicSetup {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Accept `http://` endpoint URLs. Only for local development.
+    /// Send to `http://` endpoint URLs. Only for local development. (A subscription record
+    /// with an `http://` URL is valid either way; without this its attempts are refused.)
     pub allow_http: bool,
     /// TCP + TLS connect timeout.
     pub connect_timeout_ms: u64,
@@ -90,6 +91,33 @@ pub struct HttpConfig {
     /// At most this many bytes of a response body are read (the rest is never buffered); the
     /// excerpt is part of the attempt's result, not of the delivery-log record.
     pub max_response_bytes: usize,
+    /// Exceptions to the address guard (`net_guard`): CIDRs (`10.0.0.0/8`), single addresses
+    /// and host names (`localhost`, `*.dev.internal`) that may be dialled although they are not
+    /// globally routable. Empty by default: only public addresses receive webhooks.
+    #[serde(deserialize_with = "one_or_many")]
+    pub allow_private: Vec<String>,
+    /// Pinned names, `HOST=ADDRESS[,ADDRESS…]` (like `curl --resolve`): the host resolves to
+    /// these addresses without a DNS lookup. The addresses are still checked by the guard.
+    #[serde(deserialize_with = "one_or_many")]
+    pub resolve: Vec<String>,
+}
+
+/// A list setting given as a list, or as one string (`--set http.allow_private=127.0.0.0/8`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split_whitespace()
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -209,6 +237,8 @@ impl Default for HttpConfig {
             request_timeout_ms: 10_000,
             ca_bundle: None,
             max_response_bytes: 4096,
+            allow_private: Vec::new(),
+            resolve: Vec::new(),
         }
     }
 }
@@ -255,10 +285,53 @@ pub const ENV_PREFIX: &str = "MGPASS_";
 pub const ENV_KAFKA_PROP_PREFIX: &str = "MGPASS_KAFKA_PROP_";
 
 /// Command-line overrides, the last layer. `set` holds `dotted.key=value` pairs.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Overrides {
     pub bootstrap_servers: Option<String>,
     pub set: Vec<String>,
+}
+
+/// `--set kafka.properties.sasl.password=…` holds a secret: `Debug` shows its key only.
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: Vec<String> = self
+            .set
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if is_secret_property(k) => format!("{k}={REDACTED}"),
+                _ => pair.clone(),
+            })
+            .collect();
+        f.debug_struct("Overrides")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("set", &set)
+            .finish()
+    }
+}
+
+/// The pass-through properties may hold credentials: `Debug` redacts them as
+/// [`Config::redacted`] does.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) {
+                    REDACTED
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("client_id", &self.client_id)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl Config {
@@ -393,6 +466,9 @@ impl Config {
             if !ca.is_file() {
                 p.push(format!("http.ca_bundle: no such file {}", ca.display()));
             }
+        }
+        if let Err(problems) = crate::net_guard::Policy::from_config(&self.http) {
+            p.extend(problems);
         }
         if self.delivery.max_in_flight == 0 {
             p.push("delivery.max_in_flight: must be positive".into());
@@ -562,7 +638,12 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
 
 fn describe_figment_error(e: &figment::Error) -> String {
     let path = e.path.join(".");
-    let mut msg = e.kind.to_string();
+    // A type error quotes the value it found: never for a credential.
+    let mut msg = if is_secret_property(&path) {
+        "invalid value (not shown: the setting holds a secret)".to_string()
+    } else {
+        e.kind.to_string()
+    };
     if let Some(src) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
         msg = format!("{msg} (from {src})");
     }
@@ -678,6 +759,75 @@ mod tests {
             assert!(text.contains(setting), "{setting} missing from {text}");
         }
         assert_eq!(err.problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn allow_list_and_pins_take_one_value_or_a_list_and_bad_entries_are_named() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "[http]\nallow_private = [\"127.0.0.0/8\", \"localhost\"]\n\
+             resolve = [\"hooks.partner.example=127.0.0.1\"]"
+        )
+        .unwrap();
+        let c = Config::load(Some(file.path()), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.http.allow_private, ["127.0.0.0/8", "localhost"]);
+        assert_eq!(c.http.resolve, ["hooks.partner.example=127.0.0.1"]);
+        let c = Config::load(
+            None,
+            env(&[("MGPASS_HTTP__ALLOW_PRIVATE", "10.0.0.0/8 fd00::/8")]),
+            &Overrides {
+                bootstrap_servers: None,
+                set: vec!["http.resolve=a.example=127.0.0.1".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(c.http.allow_private, ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(c.http.resolve, ["a.example=127.0.0.1"]);
+        let err = Config::load(
+            None,
+            env(&[]),
+            &Overrides {
+                bootstrap_servers: None,
+                set: vec![
+                    "http.allow_private=[10.0.0.0/40]".into(),
+                    "http.resolve=a.example=nowhere".into(),
+                ],
+            },
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("http.allow_private"), "{text}");
+        assert!(text.contains("http.resolve"), "{text}");
+        assert_eq!(Config::default().http.allow_private, Vec::<String>::new());
+    }
+
+    #[test]
+    fn debug_of_the_config_and_the_overrides_redacts_secret_properties() {
+        let c = Config::load(
+            None,
+            env(&[("MGPASS_KAFKA_PROP_SASL_PASSWORD", "pw-in-env")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pw-in-env"), "{shown}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        let o = Overrides {
+            bootstrap_servers: None,
+            set: vec![
+                "kafka.properties.sasl.password=pw-in-flag".into(),
+                "delivery.max_in_flight=3".into(),
+            ],
+        };
+        let shown = format!("{o:?}");
+        assert!(!shown.contains("pw-in-flag"), "{shown}");
+        assert!(shown.contains("delivery.max_in_flight=3"), "{shown}");
+        // A type error on a secret property does not quote the value.
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[kafka.properties]\n\"sasl.password\" = 987654321").unwrap();
+        let err = Config::load(Some(file.path()), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(!err.to_string().contains("987654321"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | | [`retries`] | the retry-tier and replay loops: hold each task until due, dispatch |
 //! | mapping | [`dispatch`] | event → delivery tasks, and the interface the loops hand work to |
 //! | delivery | [`delivery`] | one attempt end to end: sign, send, log, schedule the next |
+//! | | [`net_guard`] | the address guard: which addresses may receive webhooks, the guarding resolver |
 //! | Kafka plumbing | [`kafka`] | clients, rebalance listener, offset tracking, in-flight bookkeeping, consumer lag from statistics |
 //! | state | [`subscriptions`] | subscription records, their validation, the table and its loader |
 //! | pure | [`events`] | decoding rewards events from Kafka records |
@@ -34,6 +35,7 @@ pub mod events;
 pub mod kafka;
 pub mod matching;
 pub mod metrics;
+pub mod net_guard;
 pub mod processor;
 pub mod retries;
 pub mod secret;

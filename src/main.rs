@@ -96,7 +96,7 @@ enum SubscriptionsCommand {
 struct PutArgs {
     #[arg(long)]
     id: String,
-    /// Endpoint URL (https://…; http:// only with http.allow_http).
+    /// Endpoint URL (https://…; http:// is sent to only with http.allow_http).
     #[arg(long)]
     url: String,
     /// Event type to receive (repeatable); `*` for every event.
@@ -237,6 +237,9 @@ async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()>
                 enabled: !a.disabled,
             };
             let sub = commands::put_subscription(config, record).await?;
+            for warning in commands::url_warnings(config, &sub.url).await {
+                eprintln!("warning: {}: {warning}", sub.id);
+            }
             println!("{}", describe(&sub));
             if generated {
                 // Shown once, on stdout only, so the admin can hand it to the partner.
@@ -251,6 +254,10 @@ async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()>
         }
         SubscriptionsCommand::Get { id } => {
             let table = commands::load_table(config).await?;
+            if let Some(why) = table.invalid(&id) {
+                println!("{}", describe_invalid(&id, &why));
+                return Ok(());
+            }
             let sub = table
                 .get(&id)
                 .ok_or_else(|| anyhow!("no subscription with id {id:?}"))?;
@@ -262,9 +269,14 @@ async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()>
             for sub in table.snapshot() {
                 println!("{}", describe(&sub));
             }
+            let invalid = table.invalid_snapshot();
+            for (id, why) in &invalid {
+                println!("{}", describe_invalid(id, why));
+            }
             eprintln!(
-                "{} subscriptions; known event types: {}",
+                "{} subscriptions, {} suspended (latest record invalid); known event types: {}",
                 table.len(),
+                invalid.len(),
                 KNOWN_EVENT_TYPES.join(", ")
             );
             Ok(())
@@ -281,6 +293,19 @@ fn describe(sub: &mgpass_webhooks::subscriptions::Subscription) -> String {
         "client_id": sub.client_id,
         "secret": sub.secret,
         "enabled": sub.enabled,
+    })
+    .to_string()
+}
+
+/// A suspended subscription (its latest record is invalid) as JSON: the reason, no secret.
+fn describe_invalid(id: &str, why: &mgpass_webhooks::subscriptions::InvalidLatest) -> String {
+    serde_json::json!({
+        "id": id,
+        "status": "invalid",
+        "reason": why.reason,
+        "error": why.message,
+        "partition": why.partition,
+        "offset": why.offset,
     })
     .to_string()
 }

@@ -187,16 +187,28 @@ fn from_code<T: Copy + 'static>(
 }
 
 /// How one attempt ended (`webhooks_attempts_total{outcome}`): an HTTP [`Outcome`], or the end
-/// of a delivery whose subscription is gone or whose body cannot be rebuilt from its source.
+/// of a delivery that was not sent (its subscription is gone or suspended, or its body cannot be
+/// rebuilt from its source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttemptOutcome {
     Http(Outcome),
     SubscriptionDeleted,
     SubscriptionDisabled,
+    /// The subscription's latest record is invalid: suspended.
+    SubscriptionInvalid,
+    /// The body, kept by reference, cannot be read back from the events topic.
     SourceUnavailable,
 }
 
-const ATTEMPT_OUTCOMES: usize = Outcome::ALL.len() + 3;
+/// The outcomes that end a delivery without sending it, after the HTTP ones in [`AttemptOutcome::ALL`].
+const NOT_SENT: [AttemptOutcome; 4] = [
+    AttemptOutcome::SubscriptionDeleted,
+    AttemptOutcome::SubscriptionDisabled,
+    AttemptOutcome::SubscriptionInvalid,
+    AttemptOutcome::SourceUnavailable,
+];
+
+const ATTEMPT_OUTCOMES: usize = Outcome::ALL.len() + NOT_SENT.len();
 
 impl AttemptOutcome {
     pub const ALL: [AttemptOutcome; ATTEMPT_OUTCOMES] = {
@@ -206,8 +218,11 @@ impl AttemptOutcome {
             all[i] = AttemptOutcome::Http(Outcome::ALL[i]);
             i += 1;
         }
-        all[ATTEMPT_OUTCOMES - 2] = AttemptOutcome::SubscriptionDisabled;
-        all[ATTEMPT_OUTCOMES - 1] = AttemptOutcome::SourceUnavailable;
+        let mut j = 0;
+        while j < NOT_SENT.len() {
+            all[Outcome::ALL.len() + j] = NOT_SENT[j];
+            j += 1;
+        }
         all
     };
 
@@ -216,6 +231,7 @@ impl AttemptOutcome {
             AttemptOutcome::Http(o) => o.as_str(),
             AttemptOutcome::SubscriptionDeleted => "subscription_deleted",
             AttemptOutcome::SubscriptionDisabled => "subscription_disabled",
+            AttemptOutcome::SubscriptionInvalid => "subscription_invalid",
             AttemptOutcome::SourceUnavailable => "source_unavailable",
         }
     }
@@ -231,9 +247,13 @@ impl AttemptOutcome {
                     AttemptOutcome::Http(Outcome::RequestError).index()
                 }
             },
-            AttemptOutcome::SubscriptionDeleted => ATTEMPT_OUTCOMES - 3,
-            AttemptOutcome::SubscriptionDisabled => ATTEMPT_OUTCOMES - 2,
-            AttemptOutcome::SourceUnavailable => ATTEMPT_OUTCOMES - 1,
+            not_sent => {
+                Outcome::ALL.len()
+                    + NOT_SENT
+                        .iter()
+                        .position(|x| *x == not_sent)
+                        .expect("NOT_SENT lists every other outcome")
+            }
         }
     }
 }
@@ -351,6 +371,9 @@ pub struct Metrics {
     pub subscription_invalid: IntCounterVec,
     /// `webhooks_subscriptions`: subscriptions in the table.
     pub subscriptions: IntGauge,
+    /// `webhooks_subscriptions_invalid`: subscriptions whose latest record is invalid
+    /// (suspended: not delivered to).
+    pub subscriptions_invalid: IntGauge,
     /// `webhooks_subscriptions_loaded`: 1 once the table has loaded.
     pub subscriptions_loaded: IntGauge,
     /// `webhooks_subscription_load_seconds`: how long the initial load took.
@@ -561,6 +584,10 @@ impl Metrics {
             subscription_records,
             subscription_invalid,
             subscriptions: gauge("webhooks_subscriptions", "Subscriptions in the table"),
+            subscriptions_invalid: gauge(
+                "webhooks_subscriptions_invalid",
+                "Subscriptions whose latest record is invalid (suspended, not delivered to)",
+            ),
             subscriptions_loaded: gauge(
                 "webhooks_subscriptions_loaded",
                 "1 once the subscription table is fully loaded",
@@ -619,20 +646,9 @@ impl Metrics {
         self.h.failed[last.index()].inc();
     }
 
-    /// A delivery ended because its subscription is gone: deleted, or still there but disabled.
-    pub fn subscription_gone(&self, disabled: bool, event_type: &str) {
-        let outcome = if disabled {
-            AttemptOutcome::SubscriptionDisabled
-        } else {
-            AttemptOutcome::SubscriptionDeleted
-        };
-        self.attempt(outcome, event_type);
-        self.delivery_end(DeliveryResult::Dropped, event_type);
-    }
-
-    /// A delivery ended because its body, kept by reference, cannot be read back from its source.
-    pub fn source_unavailable(&self, event_type: &str) {
-        self.attempt(AttemptOutcome::SourceUnavailable, event_type);
+    /// A delivery ended unsent (`why` is one of the outcomes that are not HTTP outcomes).
+    pub fn dropped(&self, why: AttemptOutcome, event_type: &str) {
+        self.attempt(why, event_type);
         self.delivery_end(DeliveryResult::Dropped, event_type);
     }
 
@@ -840,6 +856,7 @@ mod tests {
             "webhooks_replayed_total",
             "webhooks_endpoints_stalled",
             "webhooks_subscriptions",
+            "webhooks_subscriptions_invalid",
             "webhooks_subscriptions_loaded",
             "webhooks_subscription_load_seconds",
             "webhooks_ready",
@@ -853,7 +870,7 @@ mod tests {
                 "{series} missing:\n{text}"
             );
         }
-        // 11 known event types + other, 8 HTTP outcomes (or more) + 3.
+        // 11 known event types + other, 8 HTTP outcomes (or more) + 4.
         assert!(expected.len() > 12 * 10, "{}", expected.len());
     }
 
@@ -866,7 +883,7 @@ mod tests {
         );
         m.attempt(AttemptOutcome::SubscriptionDisabled, "custom.thing");
         m.failed("custom.thing", AttemptOutcome::Http(Outcome::Timeout));
-        m.subscription_gone(false, "rewards.redeemed");
+        m.dropped(AttemptOutcome::SubscriptionDeleted, "rewards.redeemed");
         m.retry_scheduled(Tier::FiveSeconds);
         m.invalid_event("bad_json");
         m.invalid_event("some_new_code");

@@ -2,9 +2,17 @@
 //! matches events against.
 //!
 //! Guarantees:
-//! - A record is validated as a whole before it touches the table; an invalid record (bad JSON,
-//!   key ≠ id, bad URL, unknown event type, empty secret, …) is reported with a reason code and
-//!   leaves the last good version of that subscription in place.
+//! - A record is validated as a whole before it touches the table, by rules that depend on the
+//!   record alone (never on the reader's configuration), so the CLI, every processor instance and
+//!   every restart agree on what is valid. Sending policy (`http://` only with `http.allow_http`,
+//!   the address guard) is applied when sending, not here.
+//! - The latest record of a key decides, the same before and after a restart: the topic is
+//!   compacted, so a valid version followed by an invalid one compacts to the invalid one alone
+//!   and "keeping the last good version" could not survive the next restart. An invalid latest
+//!   record (bad JSON, key ≠ id, bad URL, unknown event type, empty secret, …) therefore
+//!   *suspends* the subscription: it leaves the matching table, and is kept in the table's list
+//!   of invalid subscriptions with its reason code ([`SubscriptionTable::invalid`]) until a valid
+//!   record or a tombstone for the key arrives.
 //! - A null value (tombstone) deletes the subscription.
 //! - The table is *ready* only once the loader has read every partition up to the end offsets
 //!   captured when it started; [`SubscriptionTable::wait_ready`] lets the processor hold back
@@ -37,8 +45,9 @@ pub struct Subscription {
     pub enabled: bool,
 }
 
-/// The record as it travels on the topic: the only place the secret is written out in clear.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// The record as it travels on the topic: the only place the secret is written out in clear
+/// (its `Debug` redacts it).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionRecord {
     pub id: String,
@@ -53,6 +62,19 @@ pub struct SubscriptionRecord {
 
 fn default_enabled() -> bool {
     true
+}
+
+impl std::fmt::Debug for SubscriptionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionRecord")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("client_id", &self.client_id)
+            .field("secret", &crate::secret::REDACTED)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
 }
 
 /// What a valid record does to the table.
@@ -76,13 +98,6 @@ fn invalid(code: &'static str, message: impl Into<String>) -> InvalidSubscriptio
         code,
         message: message.into(),
     }
-}
-
-/// Rules that depend on the operator's configuration.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rules {
-    /// Whether `http://` endpoint URLs are allowed (local development only).
-    pub allow_http: bool,
 }
 
 impl Subscription {
@@ -120,25 +135,20 @@ pub fn validate_id(id: &str) -> Result<(), InvalidSubscription> {
 }
 
 impl SubscriptionRecord {
-    /// Validates the record into a [`Subscription`].
-    pub fn validate(self, rules: Rules) -> Result<Subscription, InvalidSubscription> {
+    /// Validates the record into a [`Subscription`]. The rules are the record's own: `https` or
+    /// `http` URLs are both valid records (whether `http://` is sent to is the sender's
+    /// `http.allow_http`), so every reader of the topic judges a record the same way.
+    pub fn validate(self) -> Result<Subscription, InvalidSubscription> {
         validate_id(&self.id)?;
         let id = &self.id;
         let url = Url::parse(&self.url)
             .map_err(|e| invalid("bad_url", format!("{id}: url is not a valid URL: {e}")))?;
         match url.scheme() {
-            "https" => {}
-            "http" if rules.allow_http => {}
-            "http" => {
-                return Err(invalid(
-                    "bad_url",
-                    format!("{id}: url must use https (http is allowed only with http.allow_http)"),
-                ))
-            }
+            "https" | "http" => {}
             other => {
                 return Err(invalid(
                     "bad_url",
-                    format!("{id}: url scheme {other:?} is not https"),
+                    format!("{id}: url scheme {other:?} is not https (or http)"),
                 ))
             }
         }
@@ -198,12 +208,11 @@ impl SubscriptionRecord {
 pub fn decode_record(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
-    rules: Rules,
 ) -> Result<Change, InvalidSubscription> {
     let key = key.ok_or_else(|| invalid("missing_key", "record has no key"))?;
     let key = std::str::from_utf8(key).map_err(|_| invalid("bad_key", "key is not UTF-8"))?;
     let Some(value) = value else {
-        validate_id(key)?;
+        // Any key can be deleted, a malformed one too: that ends its listing as invalid.
         return Ok(Change::Delete(key.to_string()));
     };
     let record: SubscriptionRecord = serde_json::from_slice(value).map_err(|e| {
@@ -221,7 +230,7 @@ pub fn decode_record(
             format!("record key {key:?} differs from id {:?}", record.id),
         ));
     }
-    record.validate(rules).map(Change::Put)
+    record.validate().map(Change::Put)
 }
 
 /// serde_json errors can quote the offending input (which could be the secret): keep only the
@@ -252,9 +261,22 @@ const UNSCOPED: &str = "";
 /// subscription id → subscription.
 type Bucket = HashMap<String, Arc<Subscription>>;
 
+/// A subscription suspended because the latest record of its key is invalid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidLatest {
+    /// The reason code (as in `webhooks_subscription_invalid_records_total{reason}`).
+    pub reason: &'static str,
+    /// Why, naming the field; never the secret.
+    pub message: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<String, Arc<Subscription>>,
+    /// key → why its latest record is invalid (the subscription is suspended).
+    invalid: HashMap<String, InvalidLatest>,
     /// event type (or `*`) → client scope (or [`UNSCOPED`]) → the subscriptions listing both, so
     /// matching an event reads four small buckets, however large the table.
     index: HashMap<String, HashMap<String, Bucket>>,
@@ -329,18 +351,61 @@ impl SubscriptionTable {
         }
     }
 
-    /// Applies a valid change.
+    /// Applies a valid change (which ends any suspension of that id).
     pub fn apply(&self, change: Change) {
         let mut inner = self.inner.write().expect("table lock poisoned");
         match change {
             Change::Delete(id) => {
                 inner.remove(&id);
+                inner.invalid.remove(&id);
             }
             Change::Put(sub) => {
                 inner.remove(&sub.id);
+                inner.invalid.remove(&sub.id);
                 inner.insert(Arc::new(sub));
             }
         }
+    }
+
+    /// The latest record of `key` is invalid: the subscription leaves the matching table (no
+    /// deliveries, retries end as `subscription_invalid`) and is listed as invalid.
+    pub fn suspend(&self, key: &str, why: InvalidLatest) {
+        let mut inner = self.inner.write().expect("table lock poisoned");
+        inner.remove(key);
+        inner.invalid.insert(key.to_string(), why);
+    }
+
+    /// Why `id` is suspended, when its latest record is invalid.
+    pub fn invalid(&self, id: &str) -> Option<InvalidLatest> {
+        self.inner
+            .read()
+            .expect("table lock poisoned")
+            .invalid
+            .get(id)
+            .cloned()
+    }
+
+    /// Number of subscriptions whose latest record is invalid.
+    pub fn invalid_len(&self) -> usize {
+        self.inner
+            .read()
+            .expect("table lock poisoned")
+            .invalid
+            .len()
+    }
+
+    /// Every suspended key with its reason, sorted by key.
+    pub fn invalid_snapshot(&self) -> Vec<(String, InvalidLatest)> {
+        let mut all: Vec<_> = self
+            .inner
+            .read()
+            .expect("table lock poisoned")
+            .invalid
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Subscription>> {
@@ -427,11 +492,7 @@ mod tests {
     }
 
     fn decode(key: &str, value: &str) -> Result<Change, InvalidSubscription> {
-        decode_record(
-            Some(key.as_bytes()),
-            Some(value.as_bytes()),
-            Rules::default(),
-        )
+        decode_record(Some(key.as_bytes()), Some(value.as_bytes()))
     }
 
     #[test]
@@ -449,8 +510,13 @@ mod tests {
     #[test]
     fn tombstone_deletes() {
         assert_eq!(
-            decode_record(Some(b"sub_1"), None, Rules::default()).unwrap(),
+            decode_record(Some(b"sub_1"), None).unwrap(),
             Change::Delete("sub_1".into())
+        );
+        // A malformed key can be deleted too (ending its listing as invalid).
+        assert_eq!(
+            decode_record(Some(b"a b"), None).unwrap(),
+            Change::Delete("a b".into())
         );
     }
 
@@ -467,7 +533,6 @@ mod tests {
             (Some("b"), Some(record("a", ok_url, &["*"], "s")), "key_mismatch"),
             (Some("a b"), Some(record("a b", ok_url, &["*"], "s")), "bad_id"),
             (Some("a"), Some(record("a", "not a url", &["*"], "s")), "bad_url"),
-            (Some("a"), Some(record("a", "http://p.example/h", &["*"], "s")), "bad_url"),
             (Some("a"), Some(record("a", "ftp://p.example/h", &["*"], "s")), "bad_url"),
             (Some("a"), Some(record("a", "https://user:pw@p.example/h", &["*"], "s")), "bad_url"),
             (Some("a"), Some(record("a", ok_url, &[], "s")), "bad_event_types"),
@@ -476,28 +541,60 @@ mod tests {
             (Some("a"), Some(r#"{"id":"a","url":"https://p.example/h","event_types":["*"],"secret":"s","client_id":""}"#.into()), "bad_client_id"),
         ];
         for (key, value, code) in cases {
-            let err = decode_record(
-                key.map(str::as_bytes),
-                value.as_deref().map(str::as_bytes),
-                Rules::default(),
-            )
-            .unwrap_err();
+            let err = decode_record(key.map(str::as_bytes), value.as_deref().map(str::as_bytes))
+                .unwrap_err();
             assert_eq!(err.code, code, "{key:?} {value:?}: {err}");
             assert!(!err.message.contains("s3cr"), "{err}");
         }
     }
 
     #[test]
-    fn http_only_when_allowed() {
+    fn http_records_are_valid_whatever_the_reader_config_sending_decides() {
         let v = record("a", "http://127.0.0.1:8080/h", &["*"], "s");
-        assert!(decode_record(Some(b"a"), Some(v.as_bytes()), Rules { allow_http: true }).is_ok());
+        assert!(decode_record(Some(b"a"), Some(v.as_bytes())).is_ok());
+    }
+
+    #[test]
+    fn record_debug_redacts_the_secret() {
+        let r: SubscriptionRecord =
+            serde_json::from_str(&record("a", "https://p.example/h", &["*"], "s3cr3t-value"))
+                .unwrap();
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains(crate::secret::REDACTED), "{shown}");
+        let sub = r.validate().unwrap();
+        let shown = format!("{sub:?} {:?}", Change::Put(sub.clone()));
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    }
+
+    #[test]
+    fn an_invalid_latest_record_suspends_until_a_valid_one_or_a_tombstone() {
+        let t = SubscriptionTable::new();
+        put(&t, "a", &["*"], None);
+        let why = InvalidLatest {
+            reason: "empty_secret",
+            message: "a: secret is empty".into(),
+            partition: 0,
+            offset: 7,
+        };
+        t.suspend("a", why.clone());
+        assert!(t.get("a").is_none());
+        assert!(t.matching("rewards.redeemed", None).is_empty());
+        assert_eq!(t.invalid("a"), Some(why.clone()));
+        assert_eq!(t.invalid_len(), 1);
+        put(&t, "a", &["*"], None);
+        assert!(t.get("a").is_some());
+        assert_eq!(t.invalid_len(), 0);
+        t.suspend("a", why);
+        t.apply(Change::Delete("a".into()));
+        assert_eq!((t.len(), t.invalid_len()), (0, 0));
     }
 
     fn put(table: &SubscriptionTable, id: &str, types: &[&str], client: Option<&str>) {
         let mut r: SubscriptionRecord =
             serde_json::from_str(&record(id, "https://p.example/h", types, "s")).unwrap();
         r.client_id = client.map(str::to_string);
-        table.apply(Change::Put(r.validate(Rules::default()).unwrap()));
+        table.apply(Change::Put(r.validate().unwrap()));
     }
 
     fn ids(mut subs: Vec<Arc<Subscription>>) -> Vec<String> {

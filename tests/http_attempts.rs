@@ -24,6 +24,14 @@ async fn send(client: &HttpClient, url: &url::Url, signature: &str, attempt: u32
         .await
 }
 
+/// The defaults, with the receivers' loopback allow-listed for the address guard.
+fn loopback_allowed() -> HttpConfig {
+    HttpConfig {
+        allow_private: vec!["127.0.0.0/8".into()],
+        ..HttpConfig::default()
+    }
+}
+
 fn client(config: &HttpConfig, transport: Transport) -> HttpClient {
     let client = HttpClient::with_transport(config, transport).expect("HTTP client");
     assert_eq!(client.transport(), transport);
@@ -160,7 +168,7 @@ async fn refused_connection_is_a_connect_error_without_the_url_in_the_error(tran
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let http = client(&HttpConfig::default(), transport);
+    let http = client(&loopback_allowed(), transport);
     let url = url::Url::parse(&format!("https://127.0.0.1:{port}/hook?token=s3cr3t")).unwrap();
 
     let result = send(&http, &url, "sig", 1).await;
@@ -177,7 +185,7 @@ async fn refused_connection_is_a_connect_error_without_the_url_in_the_error(tran
 async fn untrusted_certificate_is_a_tls_error(transport: Transport) {
     let receiver = Receiver::start(Behaviour::Status(200)).await;
     // Built-in web roots only: the receiver's test CA is unknown.
-    let http = client(&HttpConfig::default(), transport);
+    let http = client(&loopback_allowed(), transport);
 
     let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
 

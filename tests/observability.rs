@@ -65,8 +65,8 @@ fn spawn_processor(c: &Config, receiver: &Receiver, log: &Path, format: &str) ->
     let mut c = c.clone();
     c.admin.listen = format!("127.0.0.1:{}", free_port().unwrap());
     c.http.ca_bundle = Some(receiver.ca_file());
-    // The receiver is on 127.0.0.1: once the SSRF guard refuses private addresses by default,
-    // this test needs `http.allow_private=["127.0.0.0/8"]` in `sets` too.
+    // The receiver is on 127.0.0.1, which the address guard refuses unless allow-listed:
+    // `testkit::config` sets `http.allow_private = ["127.0.0.0/8"]`, and the harness writes it.
     let options = Options {
         sets: vec![format!("log.format={format}")],
         log: Some(log.to_path_buf()),

@@ -514,6 +514,7 @@ impl Bench {
         c.topic_setup.retention_ms = 3_600_000;
         c.topic_setup.long_retention_ms = 3_600_000;
         c.http.ca_bundle = Some(self.ca_file.clone());
+        c.http.allow_private = vec!["127.0.0.0/8".into()];
         if let Some(t) = spec.request_timeout_ms {
             c.http.request_timeout_ms = t;
             c.http.connect_timeout_ms = c.http.connect_timeout_ms.min(t);

@@ -131,7 +131,8 @@ impl Engine {
                         attempt = task.attempt, outcome, error = %problem,
                         "delivery ended: its body cannot be rebuilt"
                     );
-                    self.metrics.source_unavailable(&task.event_type);
+                    self.metrics
+                        .dropped(AttemptOutcome::SourceUnavailable, &task.event_type);
                     let log = self.log_record(
                         &task,
                         outcome,
@@ -149,16 +150,20 @@ impl Engine {
             Some(s) if s.enabled => s,
             found => {
                 let outcome = if found.is_some() {
-                    "subscription_disabled"
+                    AttemptOutcome::SubscriptionDisabled
+                } else if self.table.invalid(&task.subscription_id).is_some() {
+                    // Its latest record is invalid: suspended, as after a restart.
+                    AttemptOutcome::SubscriptionInvalid
                 } else {
-                    "subscription_deleted"
+                    AttemptOutcome::SubscriptionDeleted
                 };
                 info!(
                     delivery_id = %task.delivery_id, subscription_id = %task.subscription_id,
-                    attempt = task.attempt, outcome, "delivery ended: subscription gone"
+                    attempt = task.attempt, outcome = outcome.as_str(),
+                    "delivery ended: subscription gone"
                 );
-                self.metrics
-                    .subscription_gone(found.is_some(), &task.event_type);
+                self.metrics.dropped(outcome, &task.event_type);
+                let outcome = outcome.as_str();
                 let log = self.log_record(&task, outcome, None, None, 0, now_ms(), None);
                 return self.produce_all(vec![self.log_output(&log)?]).await;
             }

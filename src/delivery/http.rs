@@ -5,7 +5,10 @@
 //!
 //! - exactly one `POST` of the given body bytes, unchanged, with `Content-Type: application/json`,
 //!   [`SIGNATURE_HEADER`], [`DELIVERY_ID_HEADER`], [`ATTEMPT_HEADER`] and [`USER_AGENT`] — or no
-//!   request at all when the URL is refused up front (`http://` without `http.allow_http`);
+//!   request at all when the URL is refused up front (`http://` without `http.allow_http`), or
+//!   its host is, or resolves only to, an address the guard refuses ([`Outcome::AddressRefused`],
+//!   see [`crate::net_guard`]: names are resolved by the guard's resolver inside the connector,
+//!   so the address dialled is the address checked; IP literals are checked here);
 //! - redirects are never followed: a 3xx is the [`Outcome::Redirect`] failure;
 //! - the attempt ends within `http.request_timeout_ms` (connect, TLS, request and response body);
 //! - at most `http.max_response_bytes` of the response body are read (the rest is never buffered)
@@ -35,6 +38,7 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HttpConfig;
+use crate::net_guard::{self, Resolver};
 
 /// `X-Webhook-Signature`: lowercase hex HMAC-SHA256 of the body (see [`crate::signing`]).
 pub const SIGNATURE_HEADER: &str = crate::signing::SIGNATURE_HEADER;
@@ -72,11 +76,14 @@ pub enum Outcome {
     /// `delivery.endpoint_stall_ms`. Counted as a failed attempt so a hanging endpoint cannot hold
     /// up the others.
     EndpointSaturated,
+    /// Not sent: the host is, or resolves only to, addresses that are not globally routable and
+    /// not allow-listed (`http.allow_private`). Nothing was dialled.
+    AddressRefused,
 }
 
 impl Outcome {
     /// Every outcome, e.g. to initialise metric series.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Success,
         Outcome::HttpError,
         Outcome::Redirect,
@@ -85,6 +92,7 @@ impl Outcome {
         Outcome::TlsError,
         Outcome::RequestError,
         Outcome::EndpointSaturated,
+        Outcome::AddressRefused,
     ];
 
     /// The label value, identical to the serde form.
@@ -98,6 +106,7 @@ impl Outcome {
             Outcome::TlsError => "tls_error",
             Outcome::RequestError => "request_error",
             Outcome::EndpointSaturated => "endpoint_saturated",
+            Outcome::AddressRefused => "address_refused",
         }
     }
 
@@ -230,7 +239,7 @@ impl Transport {
 }
 
 type DirectClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector<Resolver>>,
     http_body_util::Full<Bytes>,
 >;
 
@@ -244,6 +253,8 @@ enum Inner {
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     inner: Inner,
+    /// The address guard: inside the connectors for names, and here for IP literals.
+    resolver: Resolver,
     allow_http: bool,
     max_response_bytes: usize,
     request_timeout: Duration,
@@ -255,31 +266,61 @@ impl HttpClient {
     /// certificate.
     pub fn new(config: &HttpConfig) -> anyhow::Result<HttpClient> {
         let transport = Transport::from_env();
+        let mut resolver = Resolver::from_config(config)?;
         match transport {
             Transport::Direct => {
                 tracing::info!("HTTP client: direct (no proxy in the environment)")
             }
-            Transport::Proxied => tracing::info!(
-                "HTTP client: through the proxy the environment names (HTTPS_PROXY, ALL_PROXY, \
-                 HTTP_PROXY; NO_PROXY bypasses it)"
-            ),
+            Transport::Proxied => {
+                let proxies = net_guard::proxy_hosts(
+                    PROXY_VARIABLES
+                        .iter()
+                        .filter_map(|name| std::env::var(name).ok()),
+                );
+                tracing::info!(
+                    proxies = ?proxies,
+                    "HTTP client: through the proxy the environment names (HTTPS_PROXY, \
+                     ALL_PROXY, HTTP_PROXY; NO_PROXY bypasses it). The proxy is the one exception \
+                     to the address guard: its own address is not checked, and the proxy dials \
+                     the endpoints itself (their addresses are checked by our lookup first)"
+                );
+                resolver = resolver.with_exempt_hosts(proxies);
+            }
         }
-        HttpClient::with_transport(config, transport)
+        HttpClient::with_resolver(config, transport, resolver)
     }
 
     /// Builds the client from `http.*` with the given transport. Both behave the same (same
-    /// headers, timeouts, limits and outcomes); only [`Transport::Proxied`] uses proxies.
+    /// headers, timeouts, limits, address guard and outcomes); only [`Transport::Proxied`] uses
+    /// proxies.
     pub fn with_transport(config: &HttpConfig, transport: Transport) -> anyhow::Result<HttpClient> {
+        HttpClient::with_resolver(config, transport, Resolver::from_config(config)?)
+    }
+
+    /// [`HttpClient::with_transport`] with the given guarding resolver (tests decide with
+    /// [`net_guard::Lookup::Static`] what names resolve to).
+    pub fn with_resolver(
+        config: &HttpConfig,
+        transport: Transport,
+        resolver: Resolver,
+    ) -> anyhow::Result<HttpClient> {
         let extra_roots = match &config.ca_bundle {
             Some(path) => read_ca_bundle(path)?,
             None => Vec::new(),
         };
         let inner = match transport {
-            Transport::Direct => Inner::Direct(Box::new(direct_client(config, &extra_roots)?)),
-            Transport::Proxied => Inner::Proxied(proxied_client(config, &extra_roots)?),
+            Transport::Direct => Inner::Direct(Box::new(direct_client(
+                config,
+                &extra_roots,
+                resolver.clone(),
+            )?)),
+            Transport::Proxied => {
+                Inner::Proxied(proxied_client(config, &extra_roots, resolver.clone())?)
+            }
         };
         Ok(HttpClient {
             inner,
+            resolver,
             allow_http: config.allow_http,
             max_response_bytes: config.max_response_bytes,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
@@ -299,9 +340,11 @@ impl HttpClient {
 fn proxied_client(
     config: &HttpConfig,
     extra_roots: &[CertificateDer<'static>],
+    resolver: Resolver,
 ) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
+        .dns_resolver(std::sync::Arc::new(resolver))
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
         .https_only(!config.allow_http)
@@ -332,10 +375,12 @@ fn proxied_client(
 fn direct_client(
     config: &HttpConfig,
     extra_roots: &[CertificateDer<'static>],
+    resolver: Resolver,
 ) -> anyhow::Result<DirectClient> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
-    let mut http = HttpConnector::new();
+    // Every name is resolved by the guard, which returns only addresses it allows.
+    let mut http = HttpConnector::new_with_resolver(resolver);
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
@@ -403,9 +448,26 @@ impl HttpClient {
             Ok(h) => h,
             Err(e) => return AttemptResult::failed(Outcome::RequestError, e, started),
         };
+        // The connectors dial IP literals without asking a resolver: check them here.
+        if let Some(Err(refused)) = self.resolver.check_literal(req.url) {
+            return AttemptResult::failed(Outcome::AddressRefused, refused.to_string(), started);
+        }
         let client = match &self.inner {
             Inner::Proxied(client) => {
-                return self.send_proxied(client, req, headers, started).await
+                // Through a proxy, the proxy resolves the name: refuse it when our lookup finds
+                // only refused addresses. A failed lookup is left to the proxy (split DNS).
+                if let Some(host) = req.url.domain() {
+                    if let Err(refused @ net_guard::GuardError::Refused { .. }) =
+                        self.resolver.resolve(host).await
+                    {
+                        return AttemptResult::failed(
+                            Outcome::AddressRefused,
+                            refused.to_string(),
+                            started,
+                        );
+                    }
+                }
+                return self.send_proxied(client, req, headers, started).await;
             }
             Inner::Direct(client) => client,
         };
@@ -442,6 +504,13 @@ impl HttpClient {
                 started,
             ),
             Ok(Err(e)) => {
+                if let Some(refused) = net_guard::find_refusal(&e) {
+                    return AttemptResult::failed(
+                        Outcome::AddressRefused,
+                        refused.to_string(),
+                        started,
+                    );
+                }
                 let chain = source_chain(&e);
                 let is_timeout = chain
                     .iter()
@@ -472,6 +541,13 @@ impl HttpClient {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
+                if let Some(refused) = net_guard::find_refusal(&e) {
+                    return AttemptResult::failed(
+                        Outcome::AddressRefused,
+                        refused.to_string(),
+                        started,
+                    );
+                }
                 let outcome = classify_error(&e);
                 return AttemptResult::failed(outcome, error_text(&e), started);
             }
@@ -698,6 +774,27 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// The proxied transport checks names before handing a request to the proxy; reqwest's own
+    /// connector (used for `NO_PROXY` targets) must refuse as well, at the resolver.
+    #[tokio::test]
+    async fn the_reqwest_connector_resolves_through_the_guard() {
+        let resolver = Resolver::new(
+            net_guard::Policy::default(),
+            net_guard::Lookup::fixed([("internal.example", vec!["10.0.0.5".parse().unwrap()])]),
+        );
+        let client = proxied_client(&HttpConfig::default(), &[], resolver).unwrap();
+        let err = client
+            .post("https://internal.example:9/hook")
+            .send()
+            .await
+            .expect_err("refused");
+        let refused = net_guard::find_refusal(&err).expect("the guard's refusal in the chain");
+        assert!(
+            refused.to_string().contains("10.0.0.5 is private"),
+            "{refused}"
+        );
     }
 
     #[test]

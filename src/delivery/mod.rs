@@ -204,7 +204,8 @@ pub struct DeliveryLogRecord {
     pub source: SourceRef,
     pub attempt: u32,
     /// `success`, `http_error`, `timeout`, `connect_error`, `tls_error`, `redirect`,
-    /// `request_error`, `endpoint_saturated`, `subscription_deleted`, `subscription_disabled`.
+    /// `request_error`, `endpoint_saturated`, `address_refused`, `subscription_deleted`,
+    /// `subscription_disabled`, `subscription_invalid`.
     pub outcome: String,
     pub http_status: Option<u16>,
     pub error: Option<String>,

@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{decode_record, Change, Rules, SubscriptionTable};
+use super::{decode_record, Change, InvalidLatest, SubscriptionTable};
 use crate::config::Config;
 use crate::kafka;
 use crate::metrics::{Metrics, SubscriptionOutcome};
@@ -83,7 +83,6 @@ pub struct Loader {
     topic: String,
     table: Arc<SubscriptionTable>,
     metrics: Arc<Metrics>,
-    rules: Rules,
 }
 
 impl Loader {
@@ -97,9 +96,6 @@ impl Loader {
             topic: config.topics.subscriptions.clone(),
             table,
             metrics,
-            rules: Rules {
-                allow_http: config.http.allow_http,
-            },
         })
     }
 
@@ -186,9 +182,10 @@ impl Loader {
         Ok((ends, assignment))
     }
 
-    /// Applies one record; false when it was invalid (logged and counted, table untouched).
+    /// Applies one record; false when it was invalid (logged and counted; a record whose key
+    /// can be read suspends that subscription, see [`SubscriptionTable::suspend`]).
     fn apply(&self, key: Option<&[u8]>, value: Option<&[u8]>, partition: i32, offset: i64) -> bool {
-        match decode_record(key, value, self.rules) {
+        match decode_record(key, value) {
             Ok(change) => {
                 let outcome = match &change {
                     Change::Put(s) => {
@@ -203,13 +200,40 @@ impl Loader {
                 self.table.apply(change);
                 self.metrics.subscription_record(outcome);
                 self.metrics.subscriptions.set(self.table.len() as i64);
+                self.metrics
+                    .subscriptions_invalid
+                    .set(self.table.invalid_len() as i64);
                 true
             }
             Err(e) => {
-                warn!(
-                    topic = %self.topic, partition, offset, reason = e.code, error = %e.message,
-                    "invalid subscription record ignored; last good version kept"
-                );
+                let key = key.and_then(|k| std::str::from_utf8(k).ok());
+                match key {
+                    Some(key) => {
+                        warn!(
+                            topic = %self.topic, partition, offset, subscription = key,
+                            reason = e.code, error = %e.message,
+                            "invalid subscription record: the subscription is suspended until a \
+                             valid record or a tombstone for it arrives"
+                        );
+                        self.table.suspend(
+                            key,
+                            InvalidLatest {
+                                reason: e.code,
+                                message: e.message.clone(),
+                                partition,
+                                offset,
+                            },
+                        );
+                    }
+                    None => warn!(
+                        topic = %self.topic, partition, offset, reason = e.code,
+                        error = %e.message, "invalid subscription record without a usable key ignored"
+                    ),
+                }
+                self.metrics.subscriptions.set(self.table.len() as i64);
+                self.metrics
+                    .subscriptions_invalid
+                    .set(self.table.invalid_len() as i64);
                 self.metrics.invalid_subscription(e.code);
                 false
             }

@@ -76,6 +76,10 @@ pub fn config_toml(c: &Config) -> String {
     }
     set("http.connect_timeout_ms", int(c.http.connect_timeout_ms));
     set("http.request_timeout_ms", int(c.http.request_timeout_ms));
+    if !c.http.allow_private.is_empty() {
+        let allow = c.http.allow_private.iter().cloned().map(toml::Value::from);
+        set("http.allow_private", toml::Value::Array(allow.collect()));
+    }
     set(
         "delivery.max_in_flight",
         int(c.delivery.max_in_flight as u64),

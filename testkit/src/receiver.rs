@@ -194,9 +194,13 @@ impl Receiver {
     }
 
     /// An `http.*` config that reaches this receiver: its CA trusted (HTTPS) or `http://`
-    /// allowed (plain), other settings at their defaults.
+    /// allowed (plain), loopback allow-listed for the address guard, other settings at their
+    /// defaults.
     pub fn http_config(&self) -> mgpass_webhooks::config::HttpConfig {
-        let mut c = mgpass_webhooks::config::HttpConfig::default();
+        let mut c = mgpass_webhooks::config::HttpConfig {
+            allow_private: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        };
         if self.ca_dir.is_some() {
             c.ca_bundle = Some(self.ca_file());
         } else {
