@@ -625,6 +625,15 @@ impl Metrics {
         self.h.attempts[outcome.index() * EVENT_TYPES + event_type_index(event_type)].inc();
     }
 
+    /// Attempts that ended with `outcome` so far, over every event type (for tests and tools).
+    pub fn attempts_total(&self, outcome: AttemptOutcome) -> u64 {
+        let start = outcome.index() * EVENT_TYPES;
+        self.h.attempts[start..start + EVENT_TYPES]
+            .iter()
+            .map(IntCounter::get)
+            .sum()
+    }
+
     /// The duration of one HTTP attempt.
     pub fn attempt_duration(&self, duration: Duration) {
         self.attempt_seconds.observe(duration.as_secs_f64());
@@ -969,6 +978,11 @@ mod tests {
         check("webhooks_retry_lateness_seconds_sum{tier=\"1s\"}", 2.5);
         check("webhooks_retry_lateness_seconds_count{tier=\"5s\"}", 0.0);
         check("webhooks_replayed_total", 1.0);
+        assert_eq!(
+            m.attempts_total(AttemptOutcome::Http(Outcome::HttpError)),
+            1
+        );
+        assert_eq!(m.attempts_total(AttemptOutcome::Http(Outcome::Success)), 0);
         check("webhooks_endpoints_stalled", 1.0);
         check("webhooks_ready", 1.0);
         check("webhooks_produce_errors_total{kind=\"permanent\"}", 1.0);
@@ -1036,6 +1050,36 @@ mod tests {
                 InvalidEventReason::Other,
             );
             assert_ne!(reason, InvalidEventReason::Other, "{code}");
+        }
+        let sub = |id: &str, url: &str, types: &str, secret: &str| {
+            format!(r#"{{"id":"{id}","url":"{url}","event_types":{types},"secret":"{secret}"}}"#)
+        };
+        let ok = "https://p.example/h";
+        for (key, value) in [
+            (None, sub("a", ok, r#"["*"]"#, "s")),
+            (Some(&b"\xff"[..]), sub("a", ok, r#"["*"]"#, "s")),
+            (Some(b"b"), sub("a", ok, r#"["*"]"#, "s")),
+            (Some(b"a"), "not json".to_string()),
+            (Some(b"a b"), sub("a b", ok, r#"["*"]"#, "s")),
+            (Some(b"a"), sub("a", "not a url", r#"["*"]"#, "s")),
+            (Some(b"a"), sub("a", ok, "[]", "s")),
+            (Some(b"a"), sub("a", ok, r#"["*"]"#, "")),
+            (
+                Some(b"a"),
+                r#"{"id":"a","url":"https://p.example/h","event_types":["*"],"secret":"s","client_id":""}"#.to_string(),
+            ),
+        ] {
+            let code = crate::subscriptions::decode_record(key, Some(value.as_bytes()))
+                .err()
+                .unwrap_or_else(|| panic!("{value} is invalid"))
+                .code;
+            let reason = from_code(
+                InvalidSubscriptionReason::ALL,
+                InvalidSubscriptionReason::as_str,
+                code,
+                InvalidSubscriptionReason::Other,
+            );
+            assert_ne!(reason, InvalidSubscriptionReason::Other, "{code}");
         }
         assert_eq!(
             AttemptOutcome::ALL
