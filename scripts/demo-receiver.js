@@ -2,6 +2,7 @@
 // A tiny webhook receiver that verifies every request exactly as the public mgPass guide shows:
 // HMAC-SHA256 over JSON.stringify(req.body), compared with crypto.timingSafeEqual.
 // Usage: WEBHOOK_SECRET=... node scripts/demo-receiver.js [port]   (no npm packages needed)
+// HOST sets the listen address (default 127.0.0.1; docker-compose.yml sets 0.0.0.0).
 'use strict';
 const http = require('http');
 const crypto = require('crypto');
@@ -12,6 +13,7 @@ if (!secret) {
   process.exit(2);
 }
 const port = Number(process.argv[2] || process.env.PORT || 8080);
+const host = process.env.HOST || '127.0.0.1';
 
 // The guide's function, verbatim.
 function verifyWebhook(body, signature, secret) {
@@ -56,4 +58,4 @@ http
       res.writeHead(200).end('OK');
     });
   })
-  .listen(port, '127.0.0.1', () => console.log(`demo-receiver listening on http://127.0.0.1:${port}/webhook`));
+  .listen(port, host, () => console.log(`demo-receiver listening on http://${host}:${port}/webhook`));

@@ -59,6 +59,10 @@ pub fn first_tasks(
             source: source.clone(),
             last_error: None,
             last_status: None,
+            last_outcome: None,
+            client_id: Some(event.client_id.clone()),
+            failed_at_ms: None,
+            replay: None,
         })
         .collect()
 }

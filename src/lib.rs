@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | root | [`app`] | builds and supervises the processor's tasks |
 //! | CLI | [`commands`] | subscription admin and the sample event producer |
+//! | | [`ops`] | the ops tools: replay, failed-delivery listing, delivery inspection, admin output |
 //! | consume loops | [`processor`] | the event loop: decode, match, dispatch, dead-letter |
 //! | | [`retries`] | the retry-tier and replay loops: hold each task until due, dispatch |
 //! | mapping | [`dispatch`] | event → delivery tasks, and the interface the loops hand work to |
@@ -20,6 +21,7 @@
 //! | | [`body`] | the canonical (JavaScript fixed-point) webhook body |
 //! | | [`signing`] | the HMAC-SHA256 signature header and the guide's check |
 //! | operations | [`admin_server`] | `/metrics`, liveness and readiness over HTTP |
+//! | | [`healthcheck`] | the `healthcheck` subcommand's probe of `/livez` (container health checks) |
 //! | | [`metrics`] | the closed set of Prometheus metrics |
 //! | | [`topics`] | creation of every topic of the product with its policy |
 //! | | [`config`], [`secret`], [`telemetry`] | layered settings, the redacting secret type, logs |
@@ -32,10 +34,12 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod events;
+pub mod healthcheck;
 pub mod kafka;
 pub mod matching;
 pub mod metrics;
 pub mod net_guard;
+pub mod ops;
 pub mod processor;
 pub mod retries;
 pub mod secret;

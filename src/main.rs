@@ -5,16 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 use mgpass_webhooks::config::{Config, Overrides};
 use mgpass_webhooks::events::KNOWN_EVENT_TYPES;
 use mgpass_webhooks::metrics::Metrics;
-use mgpass_webhooks::secret::Secret;
+use mgpass_webhooks::ops::{self, admin, admin::choose_secret, admin::SecretSource};
 use mgpass_webhooks::subscriptions::SubscriptionRecord;
 use mgpass_webhooks::topics::{self, SetupOutcome};
 use mgpass_webhooks::{app, commands};
-use mgpass_webhooks::{kafka, telemetry};
+use mgpass_webhooks::{healthcheck, kafka, telemetry};
 use tokio_util::sync::CancellationToken;
 
 // glibc malloc/free was about a quarter of the processor's CPU under load (docs/benchmarks.md).
@@ -59,6 +59,15 @@ enum Command {
     /// Manage subscriptions (records of the compacted subscriptions topic).
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// Re-inject failed deliveries through the replay topic with a fresh attempt budget (a
+    /// bounded job: reads the failed topic to its end at start). Needs a selector or --all.
+    Replay(ops::replay::ReplayArgs),
+    /// Inspect failed deliveries.
+    #[command(subcommand)]
+    Failed(ops::failed::FailedCommand),
+    /// Inspect deliveries in the delivery log.
+    #[command(subcommand)]
+    Deliveries(ops::failed::DeliveriesCommand),
     /// Produce sample rewards events, for trying the processor out.
     ProduceSample {
         #[arg(long, default_value = "rewards.points_awarded")]
@@ -72,6 +81,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
+    /// Probe the admin server's /livez (exit 0 on 200, else 1): the container health check.
+    Healthcheck {
+        /// URL to GET instead of http://<admin.listen>/livez (0.0.0.0 probed as 127.0.0.1).
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,12 +101,12 @@ enum SubscriptionsCommand {
         #[arg(long)]
         id: String,
     },
-    /// Show one subscription (secret redacted).
+    /// Show one subscription (the secret as its fingerprint: first 8 hex digits of its SHA-256).
     Get {
         #[arg(long)]
         id: String,
     },
-    /// List every subscription (secrets redacted).
+    /// List every subscription (secrets as fingerprints).
     List,
 }
 
@@ -105,12 +123,16 @@ struct PutArgs {
     /// Only receive events from this OAuth client.
     #[arg(long)]
     client_id: Option<String>,
-    /// Secret to sign with; generated (and printed once) when omitted. Prefer --secret-env.
-    #[arg(long, conflicts_with = "secret_env")]
+    /// Secret to sign with (at least 24 bytes); generated (and printed once) when no secret
+    /// option is given. It shows in `ps` and shell history: prefer --secret-stdin.
+    #[arg(long, conflicts_with_all = ["secret_env", "secret_stdin"])]
     secret: Option<String>,
     /// Name of an environment variable holding the secret.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "secret_stdin")]
     secret_env: Option<String>,
+    /// Read the secret from standard input (one trailing newline is dropped).
+    #[arg(long)]
+    secret_stdin: bool,
     /// Create the subscription disabled.
     #[arg(long)]
     disabled: bool,
@@ -142,6 +164,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(execute(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ops::UsageError>().is_some() => {
+            eprintln!("mgpass-webhooks: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("mgpass-webhooks: {e:#}");
             ExitCode::FAILURE
@@ -190,6 +216,19 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
                 .map(|()| eprintln!("kafka: reachable at {}", config.kafka.bootstrap_servers))
         }
         Command::Subscriptions(cmd) => subscriptions(cmd, &config).await,
+        Command::Replay(args) => ops::replay::run(&config, &args, &mut std::io::stdout().lock())
+            .await
+            .map(|_| ()),
+        Command::Failed(ops::failed::FailedCommand::List(args)) => {
+            ops::failed::list(&config, &args, &mut std::io::stdout().lock())
+                .await
+                .map(|_| ())
+        }
+        Command::Deliveries(ops::failed::DeliveriesCommand::Show(args)) => {
+            ops::failed::show(&config, &args, &mut std::io::stdout().lock())
+                .await
+                .map(|_| ())
+        }
         Command::ProduceSample {
             event_type,
             user_id,
@@ -211,23 +250,33 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
             }
             Ok(())
         }
+        Command::Healthcheck { url, timeout_ms } => {
+            let url = match url {
+                Some(u) => u,
+                None => healthcheck::livez_url(&config.admin.listen)?,
+            };
+            healthcheck::probe(&url, std::time::Duration::from_millis(timeout_ms)).await?;
+            println!("ok {url}");
+            Ok(())
+        }
     }
 }
 
 async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()> {
     match cmd {
         SubscriptionsCommand::Put(a) => {
-            let (secret, generated) = match (a.secret, a.secret_env) {
-                (Some(s), _) => (Secret::new(s), false),
-                (None, Some(var)) => (
-                    Secret::new(
-                        std::env::var(&var)
-                            .with_context(|| format!("--secret-env: variable {var} is not set"))?,
-                    ),
-                    false,
-                ),
-                (None, None) => (Secret::generate(), true),
+            let source = match (a.secret, a.secret_env, a.secret_stdin) {
+                (Some(s), _, _) => SecretSource::Given(s),
+                (None, Some(var), _) => SecretSource::Env(var),
+                (None, None, true) => SecretSource::Stdin,
+                (None, None, false) => SecretSource::Generate,
             };
+            let (secret, generated) = choose_secret(
+                source,
+                |var| std::env::var(var).ok(),
+                || std::io::read_to_string(std::io::stdin()),
+            )
+            .map_err(|e| ops::UsageError(e.to_string()))?;
             let record = SubscriptionRecord {
                 id: a.id,
                 url: a.url,
@@ -240,7 +289,7 @@ async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()>
             for warning in commands::url_warnings(config, &sub.url).await {
                 eprintln!("warning: {}: {warning}", sub.id);
             }
-            println!("{}", describe(&sub));
+            println!("{}", admin::describe(&sub));
             if generated {
                 // Shown once, on stdout only, so the admin can hand it to the partner.
                 println!("secret: {}", secret.expose());
@@ -261,13 +310,13 @@ async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()>
             let sub = table
                 .get(&id)
                 .ok_or_else(|| anyhow!("no subscription with id {id:?}"))?;
-            println!("{}", describe(&sub));
+            println!("{}", admin::describe(&sub));
             Ok(())
         }
         SubscriptionsCommand::List => {
             let table = commands::load_table(config).await?;
             for sub in table.snapshot() {
-                println!("{}", describe(&sub));
+                println!("{}", admin::describe(&sub));
             }
             let invalid = table.invalid_snapshot();
             for (id, why) in &invalid {
@@ -282,19 +331,6 @@ async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()>
             Ok(())
         }
     }
-}
-
-/// One subscription as JSON, secret redacted.
-fn describe(sub: &mgpass_webhooks::subscriptions::Subscription) -> String {
-    serde_json::json!({
-        "id": sub.id,
-        "url": sub.url.as_str(),
-        "event_types": sub.event_types,
-        "client_id": sub.client_id,
-        "secret": sub.secret,
-        "enabled": sub.enabled,
-    })
-    .to_string()
 }
 
 /// A suspended subscription (its latest record is invalid) as JSON: the reason, no secret.

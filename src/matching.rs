@@ -21,6 +21,58 @@ pub fn matches(sub: &Subscription, event_type: &str, client_id: Option<&str>) ->
         }
 }
 
+/// Whether a retry or replay may still be sent to its subscription as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Enabled and still matching the event.
+    Send,
+    /// No subscription with that id any more.
+    Deleted,
+    Disabled,
+    /// Enabled, but its event types or client scope no longer take the event.
+    Mismatch,
+}
+
+impl Recheck {
+    /// The delivery-log outcome (and replay skip reason); `None` for [`Recheck::Send`].
+    pub fn outcome(self) -> Option<&'static str> {
+        match self {
+            Recheck::Send => None,
+            Recheck::Deleted => Some("subscription_deleted"),
+            Recheck::Disabled => Some("subscription_disabled"),
+            Recheck::Mismatch => Some("subscription_mismatch"),
+        }
+    }
+}
+
+/// The rule of [`matches`] applied again to a delivery that was matched earlier: `client_id` is
+/// the event's client (`Some(None)`: it had none) or `None` when the task did not record it, in
+/// which case only the enabled flag and the event types are checked.
+pub fn recheck(
+    sub: Option<&Subscription>,
+    event_type: &str,
+    client_id: Option<Option<&str>>,
+) -> Recheck {
+    match sub {
+        None => Recheck::Deleted,
+        Some(s) if !s.enabled => Recheck::Disabled,
+        Some(s) => {
+            let ok = match client_id {
+                Some(client) => matches(s, event_type, client),
+                None => s
+                    .event_types
+                    .iter()
+                    .any(|t| t == WILDCARD || t == event_type),
+            };
+            if ok {
+                Recheck::Send
+            } else {
+                Recheck::Mismatch
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +124,39 @@ mod tests {
             let s = sub(types, *scope, *enabled);
             assert_eq!(matches(&s, event_type, *client), *expected, "case: {name}");
         }
+    }
+
+    /// (subscription now, the event's client as recorded, expected, case name)
+    type RecheckCase<'a> = (
+        Option<&'a Subscription>,
+        Option<Option<&'a str>>,
+        Recheck,
+        &'a str,
+    );
+
+    #[test]
+    fn recheck_table() {
+        let pts = "rewards.points_awarded";
+        let scoped = sub(&[pts], Some("app1"), true);
+        let narrowed = sub(&["cashback.processed"], None, true);
+        let off = sub(&["*"], None, false);
+        let any = sub(&["*"], None, true);
+        #[rustfmt::skip]
+        let cases: &[RecheckCase] = &[
+            (None, Some(None), Recheck::Deleted, "deleted"),
+            (Some(&off), Some(None), Recheck::Disabled, "disabled"),
+            (Some(&any), Some(None), Recheck::Send, "wildcard"),
+            (Some(&scoped), Some(Some("app1")), Recheck::Send, "same scope"),
+            (Some(&scoped), Some(Some("app2")), Recheck::Mismatch, "scope changed"),
+            (Some(&scoped), Some(None), Recheck::Mismatch, "scoped now, event had no client"),
+            (Some(&scoped), None, Recheck::Send, "client not recorded: scope not checked"),
+            (Some(&narrowed), Some(None), Recheck::Mismatch, "event types narrowed"),
+            (Some(&narrowed), None, Recheck::Mismatch, "narrowed, client not recorded"),
+        ];
+        for (s, client, expected, name) in cases {
+            assert_eq!(recheck(*s, pts, *client), *expected, "case: {name}");
+        }
+        assert_eq!(Recheck::Send.outcome(), None);
+        assert_eq!(Recheck::Mismatch.outcome(), Some("subscription_mismatch"));
     }
 }

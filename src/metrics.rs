@@ -196,15 +196,18 @@ pub enum AttemptOutcome {
     SubscriptionDisabled,
     /// The subscription's latest record is invalid: suspended.
     SubscriptionInvalid,
+    /// The subscription no longer matches the event (event types or client narrowed).
+    SubscriptionMismatch,
     /// The body, kept by reference, cannot be read back from the events topic.
     SourceUnavailable,
 }
 
 /// The outcomes that end a delivery without sending it, after the HTTP ones in [`AttemptOutcome::ALL`].
-const NOT_SENT: [AttemptOutcome; 4] = [
+const NOT_SENT: [AttemptOutcome; 5] = [
     AttemptOutcome::SubscriptionDeleted,
     AttemptOutcome::SubscriptionDisabled,
     AttemptOutcome::SubscriptionInvalid,
+    AttemptOutcome::SubscriptionMismatch,
     AttemptOutcome::SourceUnavailable,
 ];
 
@@ -232,7 +235,19 @@ impl AttemptOutcome {
             AttemptOutcome::SubscriptionDeleted => "subscription_deleted",
             AttemptOutcome::SubscriptionDisabled => "subscription_disabled",
             AttemptOutcome::SubscriptionInvalid => "subscription_invalid",
+            AttemptOutcome::SubscriptionMismatch => "subscription_mismatch",
             AttemptOutcome::SourceUnavailable => "source_unavailable",
+        }
+    }
+
+    /// The unsent outcome whose delivery-log value is `code` (`subscription_deleted`, …).
+    pub fn not_sent(code: &str) -> AttemptOutcome {
+        match NOT_SENT.iter().find(|o| o.as_str() == code) {
+            Some(o) => *o,
+            None => {
+                debug_assert!(false, "{code:?} is missing from NOT_SENT");
+                AttemptOutcome::SubscriptionDeleted
+            }
         }
     }
 
@@ -879,7 +894,7 @@ mod tests {
                 "{series} missing:\n{text}"
             );
         }
-        // 11 known event types + other, 8 HTTP outcomes (or more) + 4.
+        // 11 known event types + other, 8 HTTP outcomes (or more) + 5.
         assert!(expected.len() > 12 * 10, "{}", expected.len());
     }
 
@@ -1080,6 +1095,15 @@ mod tests {
                 InvalidSubscriptionReason::Other,
             );
             assert_ne!(reason, InvalidSubscriptionReason::Other, "{code}");
+        }
+        for code in [
+            "subscription_deleted",
+            "subscription_disabled",
+            "subscription_invalid",
+            "subscription_mismatch",
+            "source_unavailable",
+        ] {
+            assert_eq!(AttemptOutcome::not_sent(code).as_str(), code);
         }
         assert_eq!(
             AttemptOutcome::ALL

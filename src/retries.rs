@@ -6,7 +6,9 @@
 //! `max.poll.interval.ms`), and other partitions, tiers and fresh events flow on. Records fetched
 //! before a pause took effect are held in order, not dropped. A task's offset is released for
 //! commit only when the dispatcher has its outputs acknowledged, through the contiguous-prefix
-//! [`OffsetTracker`]. A record that is not a delivery task is logged and skipped.
+//! [`OffsetTracker`]. A record that is not a delivery task is logged, counted and skipped.
+//! A task read from the replay topic starts a fresh budget (attempt 1, due now) whatever
+//! `attempt` it carries; its retries then go through the tiers like any other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct TaskConsumer<D> {
     dispatcher: Arc<D>,
     metrics: Arc<Metrics>,
     shutdown_deadline: Duration,
+    /// Whether this is the replay topic's consumer: its tasks start a fresh attempt budget.
+    fresh_budget: bool,
     /// Partitions this consumer paused. Pause and resume are called on changes only: each
     /// call is a librdkafka operation that also discards the partition's prefetched records
     /// (to be fetched again), so repeating them per polled record cost CPU and broker fetches.
@@ -99,6 +103,7 @@ impl<D: Dispatcher> TaskConsumer<D> {
             rebalances,
             topic: topic.to_string(),
             max_ahead_ms: max_delay_ms + CLOCK_SKEW_MS,
+            fresh_budget: topic == config.topics.replay,
             dispatcher,
             metrics,
             shutdown_deadline: Duration::from_secs(config.delivery.shutdown_deadline_secs),
@@ -141,6 +146,11 @@ impl<D: Dispatcher> TaskConsumer<D> {
                             let token = in_flight.tracker().begin(m.topic(), m.partition(), m.offset());
                             match m.payload().map(serde_json::from_slice::<DeliveryTask>) {
                                 Some(Ok(task)) => {
+                                    let task = if self.fresh_budget {
+                                        task.with_fresh_budget(now_ms())
+                                    } else {
+                                        task
+                                    };
                                     let (task, problems) = sanitise(task, now_ms(), self.max_ahead_ms);
                                     for problem in problems {
                                         self.metrics.task_record_problem(problem);
@@ -294,6 +304,10 @@ mod tests {
             },
             last_error: None,
             last_status: None,
+            last_outcome: None,
+            client_id: None,
+            failed_at_ms: None,
+            replay: None,
         }
     }
 

@@ -33,32 +33,21 @@ fn random_tag() -> String {
 /// debug logs, and a SASL password among the Kafka properties (librdkafka accepts it, unused,
 /// on a PLAINTEXT broker).
 fn write_config(dir: &Path, c: &Config, ca: &Path, admin: &str, sasl_password: &str) -> PathBuf {
-    let q = |s: &str| serde_json::Value::from(s).to_string();
-    let mut toml = String::new();
-    toml.push_str(&format!(
-        "[kafka]\nbootstrap_servers = {}\ngroup_id = {}\n\n[kafka.properties]\n\
-         \"sasl.username\" = \"mgpass\"\n\"sasl.password\" = {}\n\n[topics]\n",
-        q(&c.kafka.bootstrap_servers),
-        q(&c.kafka.group_id),
-        q(sasl_password)
-    ));
-    for (setting, name) in c.topics.all() {
-        toml.push_str(&format!(
-            "{} = {}\n",
-            setting.trim_start_matches("topics."),
-            q(name)
-        ));
-    }
-    toml.push_str(&format!(
-        "\n[topic_setup]\npartitions = 3\nsubscription_partitions = 3\nreplication_factor = 1\n\n\
-         [http]\nca_bundle = {}\nallow_private = [\"127.0.0.0/8\"]\nrequest_timeout_ms = 3000\n\
-         connect_timeout_ms = 1000\n\n[delivery]\nshutdown_deadline_secs = 3\n\n\
-         [admin]\nlisten = {}\n\n[log]\nlevel = \"debug\"\n",
-        q(&ca.display().to_string()),
-        q(admin)
-    ));
+    let mut c = c.clone();
+    c.kafka
+        .properties
+        .insert("sasl.username".into(), "mgpass".into());
+    c.kafka
+        .properties
+        .insert("sasl.password".into(), sasl_password.into());
+    c.http.ca_bundle = Some(ca.to_path_buf());
+    c.http.request_timeout_ms = 3_000;
+    c.http.connect_timeout_ms = 1_000;
+    c.delivery.shutdown_deadline_secs = 3;
+    c.admin.listen = admin.into();
+    c.log.level = "debug".into();
     let path = dir.join("mgpass.toml");
-    std::fs::write(&path, toml).unwrap();
+    std::fs::write(&path, toml::to_string(&c).unwrap()).unwrap();
     path
 }
 

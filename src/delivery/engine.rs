@@ -1,6 +1,7 @@
 //! The delivery engine: one attempt of one delivery, end to end. It signs the body with the
 //! subscription as it is *now* (a new URL or secret applies to retries; a deleted or disabled
-//! subscription ends the delivery with a logged outcome), sends it within the global and
+//! subscription, or one that no longer matches the event — event types narrowed, client scope
+//! changed — ends the delivery with a logged outcome), sends it within the global and
 //! per-endpoint concurrency limits (a busy endpoint is waited for, but once every connection to
 //! it is busy and the wait for one would exceed `delivery.endpoint_stall_ms` — nothing freed
 //! for that long, or a queue that takes longer to drain at the recent request duration — its
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::events::RewardsEvent;
 use crate::kafka::fetch::{Fetched, RecordFetcher};
 use crate::kafka::produce::{max_message_bytes, produce_all, Output, RECORD_OVERHEAD_BYTES};
+use crate::matching::recheck;
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::signing::sign;
 use crate::subscriptions::{Subscription, SubscriptionTable};
@@ -146,24 +148,31 @@ impl Engine {
                 }
             }
         }
-        let sub = match self.table.get(&task.subscription_id) {
-            Some(s) if s.enabled => s,
-            found => {
-                let outcome = if found.is_some() {
-                    AttemptOutcome::SubscriptionDisabled
-                } else if self.table.invalid(&task.subscription_id).is_some() {
+        let found = self.table.get(&task.subscription_id);
+        let check = recheck(
+            found.as_deref(),
+            &task.event_type,
+            task.client_id.as_ref().map(Option::as_deref),
+        );
+        let sub = match (found, check.outcome()) {
+            (Some(s), None) => s,
+            (_, outcome) => {
+                let outcome = match outcome {
                     // Its latest record is invalid: suspended, as after a restart.
-                    AttemptOutcome::SubscriptionInvalid
-                } else {
-                    AttemptOutcome::SubscriptionDeleted
+                    None | Some("subscription_deleted")
+                        if self.table.invalid(&task.subscription_id).is_some() =>
+                    {
+                        "subscription_invalid"
+                    }
+                    other => other.unwrap_or("subscription_deleted"),
                 };
                 info!(
                     delivery_id = %task.delivery_id, subscription_id = %task.subscription_id,
-                    attempt = task.attempt, outcome = outcome.as_str(),
-                    "delivery ended: subscription gone"
+                    attempt = task.attempt, outcome, replay = task.replay.is_some(),
+                    "delivery ended: subscription gone or no longer matching"
                 );
-                self.metrics.dropped(outcome, &task.event_type);
-                let outcome = outcome.as_str();
+                self.metrics
+                    .dropped(AttemptOutcome::not_sent(outcome), &task.event_type);
                 let log = self.log_record(&task, outcome, None, None, 0, now_ms(), None);
                 return self.produce_all(vec![self.log_output(&log)?]).await;
             }
@@ -273,6 +282,7 @@ impl Engine {
         let rest = DeliveryTask {
             last_error: error,
             last_status: result.status,
+            last_outcome: Some(result.outcome.as_str().to_string()),
             ..task
         };
         match next {
@@ -296,8 +306,12 @@ impl Engine {
                     attempt = rest.attempt, outcome = result.outcome.as_str(),
                     "delivery failed after its last attempt"
                 );
-                outputs.push(self.task_output(&self.config.topics.failed, &rest)?);
-                self.metrics.failed(&rest.event_type, outcome);
+                let failed = DeliveryTask {
+                    failed_at_ms: Some(now_ms()),
+                    ..rest
+                };
+                outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
+                self.metrics.failed(&failed.event_type, outcome);
             }
         }
         self.produce_all(outputs).await
@@ -335,6 +349,7 @@ impl Engine {
             duration_ms,
             attempted_at: rfc3339_ms(attempted_at),
             next_attempt_at: next_attempt_at.map(rfc3339_ms),
+            replay: task.replay.clone(),
         }
     }
 

@@ -192,6 +192,64 @@ pub struct DeliveryTask {
     pub last_error: Option<String>,
     #[serde(default)]
     pub last_status: Option<u16>,
+    /// Outcome of the last failed attempt (`timeout`, `http_error`, …); absent in tasks written
+    /// before it was recorded, see [`DeliveryTask::last_outcome_or_guess`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<String>,
+    /// The event's OAuth client, so retries and replays can re-check the subscription's client
+    /// scope: `Some(None)` = the event had none, `None` = not recorded (a task written before
+    /// this field existed; its scope is then not re-checked).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_option"
+    )]
+    pub client_id: Option<Option<String>>,
+    /// When the task was written to the failed topic (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at_ms: Option<i64>,
+    /// Set on tasks re-injected by the replay job, kept by their retries and failed record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayMarker>,
+}
+
+/// A field that is present, even as `null`, deserialises to `Some(value)`; an absent one to
+/// `None` through `#[serde(default)]`.
+fn present_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// What the replay job writes into a re-injected task: which run, which failed record it came
+/// from (so a second run can tell it was replayed), and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayMarker {
+    pub run_id: String,
+    /// Coordinates of the failed record that was replayed.
+    pub failed: SourceRef,
+    /// Unix milliseconds.
+    pub replayed_at_ms: i64,
+}
+
+impl DeliveryTask {
+    /// The task as the replay topic's consumer starts it: a fresh attempt budget (attempt 1, due
+    /// now), whatever attempt and due time it carries. Ids, body, source and marker are kept.
+    pub fn with_fresh_budget(self, now_ms: i64) -> DeliveryTask {
+        DeliveryTask {
+            attempt: 1,
+            due_at_ms: now_ms,
+            ..self
+        }
+    }
+
+    /// The last outcome, or for tasks written before it was recorded, `http_error` when a
+    /// status is known and `unknown` otherwise.
+    pub fn last_outcome_or_guess(&self) -> &str {
+        match (&self.last_outcome, self.last_status) {
+            (Some(o), _) => o,
+            (None, Some(_)) => "http_error",
+            (None, None) => "unknown",
+        }
+    }
 }
 
 /// One attempt as written to the delivery log.
@@ -205,7 +263,8 @@ pub struct DeliveryLogRecord {
     pub attempt: u32,
     /// `success`, `http_error`, `timeout`, `connect_error`, `tls_error`, `redirect`,
     /// `request_error`, `endpoint_saturated`, `address_refused`, `subscription_deleted`,
-    /// `subscription_disabled`, `subscription_invalid`.
+    /// `subscription_disabled`, `subscription_invalid`, `subscription_mismatch`,
+    /// `source_unavailable`.
     pub outcome: String,
     pub http_status: Option<u16>,
     pub error: Option<String>,
@@ -214,6 +273,9 @@ pub struct DeliveryLogRecord {
     pub attempted_at: String,
     /// RFC 3339 time of the next attempt, when one is scheduled.
     pub next_attempt_at: Option<String>,
+    /// The replay run this attempt belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayMarker>,
 }
 
 /// Unix milliseconds → RFC 3339 UTC with milliseconds.
@@ -333,6 +395,19 @@ mod tests {
             },
             last_error: Some("timeout".into()),
             last_status: None,
+            last_outcome: Some("timeout".into()),
+            client_id: Some(None),
+            failed_at_ms: Some(7),
+            replay: Some(ReplayMarker {
+                run_id: "rpl_1".into(),
+                failed: SourceRef {
+                    topic: "f".into(),
+                    partition: 1,
+                    offset: 2,
+                    timestamp_ms: None,
+                },
+                replayed_at_ms: 8,
+            }),
         };
         let json = serde_json::to_vec(&t).unwrap();
         assert_eq!(serde_json::from_slice::<DeliveryTask>(&json).unwrap(), t);
@@ -347,5 +422,51 @@ mod tests {
             "request bytes = body"
         );
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn old_tasks_decode_and_the_client_field_tells_absent_from_null() {
+        let old = r#"{"delivery_id":"dlv_x","subscription_id":"s","event_type":"e",
+            "idempotency_key":"k","body":"{}","attempt":4,"due_at_ms":1,
+            "first_attempt_at_ms":0,"source":{"topic":"t","partition":0,"offset":5},
+            "last_error":"HTTP 500","last_status":500}"#;
+        let t: DeliveryTask = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (t.client_id.clone(), t.replay.clone(), t.failed_at_ms),
+            (None, None, None)
+        );
+        assert_eq!(t.last_outcome_or_guess(), "http_error");
+        let json = serde_json::to_value(&t).unwrap();
+        assert!(json.get("client_id").is_none(), "absent stays absent");
+        for (client, expected) in [
+            (r#"null"#, Some(None)),
+            (r#""app1""#, Some(Some("app1".to_string()))),
+        ] {
+            let v = old.replace(r#""last_status":500"#, &format!(r#""client_id":{client}"#));
+            let t: DeliveryTask = serde_json::from_str(&v).unwrap();
+            assert_eq!(t.client_id, expected, "{client}");
+            assert_eq!(t.last_outcome_or_guess(), "unknown");
+            let back: DeliveryTask =
+                serde_json::from_slice(&serde_json::to_vec(&t).unwrap()).unwrap();
+            assert_eq!(back, t, "round trip keeps {client}");
+        }
+    }
+
+    #[test]
+    fn a_replayed_task_gets_a_fresh_budget_and_keeps_its_identity() {
+        let old = r#"{"delivery_id":"dlv_x","subscription_id":"s","event_type":"e",
+            "idempotency_key":"k","body":"{}","attempt":4,"due_at_ms":1,
+            "first_attempt_at_ms":0,"source":{"topic":"t","partition":0,"offset":5}}"#;
+        let t: DeliveryTask = serde_json::from_str(old).unwrap();
+        for attempt in [0, 1, 4, 9] {
+            let fresh = DeliveryTask {
+                attempt,
+                ..t.clone()
+            }
+            .with_fresh_budget(99);
+            assert_eq!((fresh.attempt, fresh.due_at_ms), (1, 99));
+            assert_eq!(fresh.delivery_id, "dlv_x");
+            assert_eq!(fresh.first_attempt_at_ms, 0);
+        }
     }
 }
