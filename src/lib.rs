@@ -14,7 +14,7 @@
 //! | mapping | [`dispatch`] | event → delivery tasks, and the interface the loops hand work to |
 //! | delivery | [`delivery`] | one attempt end to end: sign, send, log, schedule the next |
 //! | | [`net_guard`] | the address guard: which addresses may receive webhooks, the guarding resolver |
-//! | Kafka plumbing | [`kafka`] | clients, rebalance listener, offset tracking, in-flight bookkeeping |
+//! | Kafka plumbing | [`kafka`] | clients, rebalance listener, offset tracking, in-flight bookkeeping, consumer lag from statistics |
 //! | state | [`subscriptions`] | subscription records, their validation, the table and its loader |
 //! | pure | [`events`] | decoding rewards events from Kafka records |
 //! | | [`matching`] | the rule deciding which subscriptions receive an event |

@@ -28,7 +28,7 @@ use crate::kafka::consumer::{revoke, RebalanceContext, RebalanceEvent};
 use crate::kafka::in_flight::InFlight;
 use crate::kafka::produce::{max_message_bytes, produce, Output, RECORD_OVERHEAD_BYTES};
 use crate::kafka::{self, SourceRef};
-use crate::metrics::Metrics;
+use crate::metrics::{EventOutcome, Metrics};
 use crate::subscriptions::SubscriptionTable;
 
 /// Header naming why a record went to the invalid topic (a reason code).
@@ -70,6 +70,7 @@ impl<D: Dispatcher> Processor<D> {
     ) -> Result<Self> {
         let (context, rebalances) =
             RebalanceContext::new(Duration::from_secs(config.delivery.shutdown_deadline_secs));
+        let context = context.with_lag(metrics.consumer_lag());
         Ok(Processor {
             consumer: Arc::new(kafka::group_consumer(
                 config,
@@ -197,11 +198,11 @@ impl<D: Dispatcher> Processor<D> {
             .table
             .matching(&event.event_type, event.client_id.as_deref());
         let outcome = if subs.is_empty() {
-            "unmatched"
+            EventOutcome::Unmatched
         } else {
-            "matched"
+            EventOutcome::Matched
         };
-        self.metrics.events.with_label_values(&[outcome]).inc();
+        self.metrics.event(outcome);
         self.metrics.matches.inc_by(subs.len() as u64);
         debug!(
             partition = source.partition, offset = source.offset,
@@ -223,11 +224,7 @@ impl<D: Dispatcher> Processor<D> {
             partition = source.partition, offset = source.offset, reason = invalid.code,
             error = %invalid.message, "undecodable event sent to the invalid topic"
         );
-        self.metrics.events.with_label_values(&["invalid"]).inc();
-        self.metrics
-            .invalid_events
-            .with_label_values(&[invalid.code])
-            .inc();
+        self.metrics.invalid_event(invalid.code);
         let partition = source.partition.to_string();
         let offset = source.offset.to_string();
         let mut headers: Vec<(&str, Option<Vec<u8>>)> = m

@@ -22,13 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::delivery::{now_ms, DeliveryTask, MAX_ATTEMPTS};
+use crate::delivery::{now_ms, DeliveryTask, Tier, MAX_ATTEMPTS};
 use crate::dispatch::Dispatcher;
 use crate::kafka;
 use crate::kafka::consumer::{RebalanceContext, RebalanceEvent};
 use crate::kafka::in_flight::{InFlight, Permit};
 use crate::kafka::offsets::{OffsetTracker, Token};
-use crate::metrics::{Metrics, TaskRecordProblem};
+use crate::metrics::{Metrics, TaskRecordProblem, TaskSource};
 
 /// Tasks being attempted at once per task consumer.
 pub const MAX_OUTSTANDING_TASKS: usize = 4096;
@@ -48,6 +48,8 @@ pub struct TaskConsumer<D> {
     /// call is a librdkafka operation that also discards the partition's prefetched records
     /// (to be fetched again), so repeating them per polled record cost CPU and broker fetches.
     paused: HashSet<i32>,
+    /// The retry tier this consumer reads (lateness is measured per tier), or the replay topic.
+    source: TaskSource,
 }
 
 /// Clock difference between instances tolerated in a task's due time.
@@ -91,6 +93,7 @@ impl<D: Dispatcher> TaskConsumer<D> {
     ) -> Result<Self> {
         let (context, rebalances) =
             RebalanceContext::new(Duration::from_secs(config.delivery.shutdown_deadline_secs));
+        let context = context.with_lag(metrics.consumer_lag());
         // A group of its own per task topic: a tier consumer joining or leaving never
         // rebalances (and so never interrupts) the event consumer or the other tiers.
         let group = format!("{}.{topic}", config.kafka.group_id);
@@ -106,6 +109,7 @@ impl<D: Dispatcher> TaskConsumer<D> {
             metrics,
             shutdown_deadline: Duration::from_secs(config.delivery.shutdown_deadline_secs),
             paused: HashSet::new(),
+            source: task_source(config, topic),
         })
     }
 
@@ -191,6 +195,8 @@ impl<D: Dispatcher> TaskConsumer<D> {
                         break;
                     };
                     let h = queue.pop_front().expect("front exists");
+                    self.metrics
+                        .task_started(self.source, h.task.due_at_ms, now);
                     let dispatcher = self.dispatcher.clone();
                     in_flight.spawn(slot, h.token, async move {
                         dispatcher.dispatch_task(h.task).await
@@ -261,6 +267,18 @@ impl<D: Dispatcher> TaskConsumer<D> {
             warn!(topic = %self.topic, partition, error = %e, "resume failed");
         }
     }
+}
+/// Which retry tier `topic` is (for lateness per tier), or the replay topic.
+fn task_source(config: &Config, topic: &str) -> TaskSource {
+    let t = &config.topics;
+    [
+        (&t.retry_1s, Tier::OneSecond),
+        (&t.retry_5s, Tier::FiveSeconds),
+        (&t.retry_25s, Tier::TwentyFiveSeconds),
+    ]
+    .into_iter()
+    .find(|(name, _)| name.as_str() == topic)
+    .map_or(TaskSource::Replay, |(_, tier)| TaskSource::Tier(tier))
 }
 
 #[cfg(test)]

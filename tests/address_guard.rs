@@ -15,7 +15,7 @@ use bytes::Bytes;
 use mgpass_webhooks::config::HttpConfig;
 use mgpass_webhooks::delivery::http::{AttemptResult, HttpClient, Outcome, Request, Transport};
 use mgpass_webhooks::delivery::DeliveryLogRecord;
-use mgpass_webhooks::metrics::Metrics;
+use mgpass_webhooks::metrics::{AttemptOutcome, Metrics};
 use mgpass_webhooks::net_guard::{AddressClass, Lookup, Policy, Resolver};
 use testkit::receiver::{Behaviour, Receiver};
 use tokio_util::sync::CancellationToken;
@@ -317,10 +317,7 @@ async fn the_processor_delivers_to_a_pinned_name_and_refuses_private_endpoints_w
         }
     }
     assert!(started.elapsed() >= Duration::from_secs(1));
-    let refused = metrics
-        .attempts
-        .with_label_values(&["address_refused"])
-        .get();
+    let refused = metrics.attempts_total(AttemptOutcome::Http(Outcome::AddressRefused));
     assert!(refused >= 4, "{}", metrics.render());
     cancel.cancel();
     handle.await.unwrap().unwrap();

@@ -313,7 +313,9 @@ async fn no_secret_or_sasl_password_in_any_output_topic_or_log() {
     .await;
     let metrics2 = metrics_when(&admin, "webhooks_subscriptions_invalid 3").await;
     assert!(
-        metrics2.contains("webhooks_attempts_total{outcome=\"subscription_invalid\"} 1"),
+        metrics2.contains(
+            "webhooks_attempts_total{event_type=\"rewards.points_awarded\",outcome=\"subscription_invalid\"} 1"
+        ),
         "{metrics2}"
     );
     captured.add("metrics (json run)", metrics2);

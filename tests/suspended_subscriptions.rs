@@ -122,9 +122,7 @@ async fn an_invalid_latest_record_suspends_the_same_way_before_and_after_a_resta
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while first
         .metrics
-        .attempts
-        .with_label_values(&["subscription_invalid"])
-        .get()
+        .attempts_total(mgpass_webhooks::metrics::AttemptOutcome::SubscriptionInvalid)
         == 0
     {
         assert!(

@@ -30,7 +30,7 @@ use crate::events::RewardsEvent;
 use crate::kafka::fetch::{Fetched, RecordFetcher};
 use crate::kafka::produce::{max_message_bytes, produce_all, Output, RECORD_OVERHEAD_BYTES};
 use crate::matching::recheck;
-use crate::metrics::Metrics;
+use crate::metrics::{AttemptOutcome, Metrics};
 use crate::signing::sign;
 use crate::subscriptions::{Subscription, SubscriptionTable};
 
@@ -129,15 +129,12 @@ impl Engine {
                 Err(problem) => {
                     let outcome = "source_unavailable";
                     warn!(
-                        delivery_id = %task.delivery_id, subscription = %task.subscription_id,
+                        delivery_id = %task.delivery_id, subscription_id = %task.subscription_id,
                         attempt = task.attempt, outcome, error = %problem,
                         "delivery ended: its body cannot be rebuilt"
                     );
-                    self.metrics.attempts.with_label_values(&[outcome]).inc();
                     self.metrics
-                        .deliveries
-                        .with_label_values(&["dropped"])
-                        .inc();
+                        .dropped(AttemptOutcome::SourceUnavailable, &task.event_type);
                     let log = self.log_record(
                         &task,
                         outcome,
@@ -170,15 +167,12 @@ impl Engine {
                     other => other.unwrap_or("subscription_deleted"),
                 };
                 info!(
-                    delivery_id = %task.delivery_id, subscription = %task.subscription_id,
+                    delivery_id = %task.delivery_id, subscription_id = %task.subscription_id,
                     attempt = task.attempt, outcome, replay = task.replay.is_some(),
                     "delivery ended: subscription gone or no longer matching"
                 );
-                self.metrics.attempts.with_label_values(&[outcome]).inc();
                 self.metrics
-                    .deliveries
-                    .with_label_values(&["dropped"])
-                    .inc();
+                    .dropped(AttemptOutcome::not_sent(outcome), &task.event_type);
                 let log = self.log_record(&task, outcome, None, None, 0, now_ms(), None);
                 return self.produce_all(vec![self.log_output(&log)?]).await;
             }
@@ -186,6 +180,7 @@ impl Engine {
         let gate = self.endpoint_gate(&sub);
         let Some(_endpoint_permit) = gate.acquire().await else {
             if gate.mark_stalled(true) {
+                self.metrics.endpoint_stalled(true);
                 warn!(
                     endpoint = %gate.origin,
                     in_flight = gate.limit,
@@ -205,6 +200,7 @@ impl Engine {
             return self.record(task, result, now_ms()).await;
         };
         if gate.mark_stalled(false) {
+            self.metrics.endpoint_stalled(false);
             info!(endpoint = %gate.origin, "endpoint no longer stalled");
         }
         let _global_permit = self
@@ -230,9 +226,7 @@ impl Engine {
         gate.observe(result.duration);
         drop(_global_permit);
         drop(_endpoint_permit);
-        self.metrics
-            .attempt_seconds
-            .observe(result.duration.as_secs_f64());
+        self.metrics.attempt_duration(result.duration);
         self.record(task, result, attempted_at).await
     }
 
@@ -244,18 +238,17 @@ impl Engine {
         result: AttemptResult,
         attempted_at: i64,
     ) -> Result<()> {
-        self.metrics
-            .attempts
-            .with_label_values(&[result.outcome.as_str()])
-            .inc();
+        let outcome = AttemptOutcome::Http(result.outcome);
+        self.metrics.attempt(outcome, &task.event_type);
         let duration_ms = result.duration.as_millis() as u64;
         let mut outputs = Vec::with_capacity(2);
         if result.outcome.is_success() {
-            debug!(delivery_id = %task.delivery_id, attempt = task.attempt, "delivered");
+            debug!(
+                delivery_id = %task.delivery_id, subscription_id = %task.subscription_id,
+                attempt = task.attempt, outcome = outcome.as_str(), "delivered"
+            );
             self.metrics
-                .deliveries
-                .with_label_values(&["delivered"])
-                .inc();
+                .delivered(&task.event_type, task.body.as_str(), now_ms());
             let log = self.log_record(
                 &task,
                 "success",
@@ -295,8 +288,8 @@ impl Engine {
         match next {
             Some((tier, due)) => {
                 debug!(
-                    delivery_id = %rest.delivery_id, attempt = rest.attempt,
-                    outcome = result.outcome.as_str(), tier = tier.as_str(),
+                    delivery_id = %rest.delivery_id, subscription_id = %rest.subscription_id,
+                    attempt = rest.attempt, outcome = result.outcome.as_str(), tier = tier.as_str(),
                     "attempt failed; retry scheduled"
                 );
                 let retry = DeliveryTask {
@@ -305,14 +298,11 @@ impl Engine {
                     ..rest
                 };
                 outputs.push(self.task_output(self.tier_topic(tier), &retry)?);
-                self.metrics
-                    .retries_scheduled
-                    .with_label_values(&[tier.as_str()])
-                    .inc();
+                self.metrics.retry_scheduled(tier);
             }
             None => {
                 warn!(
-                    delivery_id = %rest.delivery_id, subscription = %rest.subscription_id,
+                    delivery_id = %rest.delivery_id, subscription_id = %rest.subscription_id,
                     attempt = rest.attempt, outcome = result.outcome.as_str(),
                     "delivery failed after its last attempt"
                 );
@@ -321,7 +311,7 @@ impl Engine {
                     ..rest
                 };
                 outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
-                self.metrics.deliveries.with_label_values(&["failed"]).inc();
+                self.metrics.failed(&failed.event_type, outcome);
             }
         }
         self.produce_all(outputs).await

@@ -48,6 +48,8 @@ pub struct RebalanceContext {
     running: Mutex<HashMap<(String, i32), usize>>,
     /// How long a revocation waits for the revoked partitions' running work.
     drain_deadline: Duration,
+    /// Where librdkafka statistics report this consumer's lag.
+    lag: Option<crate::metrics::ConsumerLag>,
 }
 
 impl RebalanceContext {
@@ -58,8 +60,17 @@ impl RebalanceContext {
             tracker: Arc::new(OffsetTracker::new()),
             running: Mutex::new(HashMap::new()),
             drain_deadline,
+            lag: None,
         };
         (context, rx)
+    }
+
+    /// Reports this consumer's lag per assigned partition from librdkafka's statistics.
+    pub fn with_lag(self, lag: crate::metrics::ConsumerLag) -> Self {
+        RebalanceContext {
+            lag: Some(lag),
+            ..self
+        }
     }
 
     /// The offset bookkeeping of this consumer.
@@ -124,7 +135,13 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(lag) = &self.lag {
+            super::stats::report(statistics, lag);
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

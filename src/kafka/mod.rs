@@ -27,6 +27,7 @@ pub mod fetch;
 pub mod in_flight;
 pub mod offsets;
 pub mod produce;
+pub mod stats;
 
 /// Where an input record came from: in tasks, delivery-log records and the stable delivery id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -95,7 +96,9 @@ pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
         .set("enable.partition.eof", "false")
         // librdkafka prefetches up to 64 MiB per consumer by default; the processor runs five
         // consumers, and records wait in memory as in-flight work anyway.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // Feeds `webhooks_consumer_lag` (see `stats`); `kafka.properties` may override it.
+        .set("statistics.interval.ms", "5000");
     create_with(with_properties(c, config), role, context)
 }
 

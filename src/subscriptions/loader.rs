@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::{decode_record, Change, InvalidLatest, SubscriptionTable};
 use crate::config::Config;
 use crate::kafka;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SubscriptionOutcome};
 
 /// Which partitions still have to reach the end offsets captured at start. Pure bookkeeping.
 #[derive(Debug, Clone)]
@@ -190,18 +190,15 @@ impl Loader {
                 let outcome = match &change {
                     Change::Put(s) => {
                         debug!(subscription = %s.id, partition, offset, "subscription put");
-                        "put"
+                        SubscriptionOutcome::Put
                     }
                     Change::Delete(id) => {
                         debug!(subscription = %id, partition, offset, "subscription deleted");
-                        "delete"
+                        SubscriptionOutcome::Delete
                     }
                 };
                 self.table.apply(change);
-                self.metrics
-                    .subscription_records
-                    .with_label_values(&[outcome])
-                    .inc();
+                self.metrics.subscription_record(outcome);
                 self.metrics.subscriptions.set(self.table.len() as i64);
                 self.metrics
                     .subscriptions_invalid
@@ -237,14 +234,7 @@ impl Loader {
                 self.metrics
                     .subscriptions_invalid
                     .set(self.table.invalid_len() as i64);
-                self.metrics
-                    .subscription_records
-                    .with_label_values(&["invalid"])
-                    .inc();
-                self.metrics
-                    .subscription_invalid
-                    .with_label_values(&[e.code])
-                    .inc();
+                self.metrics.invalid_subscription(e.code);
                 false
             }
         }

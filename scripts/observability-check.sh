@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Static checks of the observability files, with the real tools:
+#   - installs Debian's `prometheus` package (Prometheus 2.42 and promtool) when promtool is missing;
+#   - `promtool check rules` and `promtool test rules` on deploy/prometheus/rules/;
+#   - scripts/check-dashboard.py on deploy/grafana/dashboards/ (structure, data source variable,
+#     metric names against src/metrics.rs and the README).
+# The live check (a real Prometheus scraping the processor) is tests/observability.rs, run by
+# `cargo test`; it finds the same `prometheus` binary, so run this script first on a fresh machine.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "[observability-check] installing Debian's prometheus package (promtool included)"
+  # Without a service manager the package's postinst does not start the daemon.
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends prometheus
+fi
+promtool --version 2>&1 | head -n 1
+
+rules_dir=deploy/prometheus/rules
+promtool check rules "${rules_dir}"/*.rules.yml
+(cd "${rules_dir}" && for t in *.test.yml; do promtool test rules "${t}"; done)
+python3 scripts/check-dashboard.py
+echo "[observability-check] OK"
