@@ -346,7 +346,7 @@ async fn the_cli_warns_when_a_url_is_refused_by_the_sending_rules() {
                 "--url",
                 url,
                 "--secret",
-                "s",
+                "a-secret-of-twenty-four-bytes",
             ])
             .env_remove("RUST_LOG");
         let out = cmd.output().expect("run the CLI");
