@@ -1,22 +1,17 @@
 #!/usr/bin/env bash
 # Static checks of the observability files, with the real tools:
-#   - installs Debian's `prometheus` package (Prometheus 2.42 and promtool) when promtool is missing;
+#   - installs Debian's `prometheus` package (Prometheus 2.42 and promtool) when it is missing
+#     (scripts/ensure-prometheus.sh);
 #   - `promtool check rules` and `promtool test rules` on deploy/prometheus/rules/;
 #   - scripts/check-dashboard.py on deploy/grafana/dashboards/ (structure, data source variable,
 #     metric names against src/metrics.rs and the README).
 # The live check (a real Prometheus scraping the processor) is tests/observability.rs, run by
-# `cargo test`; it finds the same `prometheus` binary, so run this script first on a fresh machine.
+# `cargo test` through scripts/test.sh, which makes sure of the same `prometheus` binary.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  echo "[observability-check] installing Debian's prometheus package (promtool included)"
-  # Without a service manager the package's postinst does not start the daemon.
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update
-  apt-get install -y --no-install-recommends prometheus
-fi
+bash scripts/ensure-prometheus.sh
 promtool --version 2>&1 | head -n 1
 
 rules_dir=deploy/prometheus/rules

@@ -5,8 +5,8 @@
 #   - if one already answers, it is used and left running;
 #   - otherwise one is started with scripts/kafka.sh and stopped again on exit
 #     (also when the tests fail or the script is interrupted).
-# Exports MGPASS_TEST_BOOTSTRAP for the integration tests and exits with
-# cargo's status.
+# Installs Debian's prometheus package when `prometheus` is missing (scripts/ensure-prometheus.sh),
+# exports MGPASS_TEST_BOOTSTRAP for the integration tests and exits with cargo's status.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,6 +14,9 @@ REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 # shellcheck source=scripts/broker-lib.sh
 source "${SCRIPT_DIR}/broker-lib.sh"
 ensure_broker test.sh
+
+# tests/observability.rs scrapes the processor with a real Prometheus (Debian's package).
+bash "${SCRIPT_DIR}/ensure-prometheus.sh"
 
 export MGPASS_TEST_BOOTSTRAP="127.0.0.1:${KAFKA_PORT}"
 echo "[test.sh] MGPASS_TEST_BOOTSTRAP=${MGPASS_TEST_BOOTSTRAP}" >&2
