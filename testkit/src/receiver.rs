@@ -130,8 +130,13 @@ impl Receiver {
     /// An HTTPS receiver whose server certificate is of the given kind (expired, for another
     /// name), issued by its own CA ([`Receiver::ca_file`]) like [`Receiver::start`]'s.
     pub async fn start_with_leaf(default: Behaviour, leaf: Leaf) -> Receiver {
-        let tls =
-            LocalTls::generate_leaf("mgpass-webhooks test CA", leaf).expect("test certificates");
+        // A distinct CA name per receiver: with one name for all, a client trusting another
+        // receiver's CA finds an issuer of that name and reports a bad signature, not an
+        // unknown issuer.
+        static CAS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ca_name = format!("mgpass-webhooks test CA {} #{n}", std::process::id());
+        let tls = LocalTls::generate_leaf(&ca_name, leaf).expect("test certificates");
         let acceptor = tls.acceptor(&[b"h2", b"http/1.1"]).expect("TLS acceptor");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ca.pem"), &tls.ca_pem).expect("write CA file");
