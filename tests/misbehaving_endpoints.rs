@@ -374,6 +374,10 @@ async fn every_misbehaving_endpoint_gets_its_outcome_in_time_and_the_healthy_one
     for r in attempts(&log, "ok", 1) {
         let after = millis(&r.attempted_at) - batch_start;
         assert!(after < 1_000, "healthy attempt started {after} ms late");
+        eprintln!(
+            "healthy delivery {}: started {after} ms after the batch's first attempt, took {} ms",
+            r.delivery_id, r.duration_ms
+        );
         assert!(r.duration_ms < 1_000, "{r:?}");
     }
     // Nothing the bad endpoints received was followed or answered beyond one request each.
