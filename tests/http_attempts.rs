@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mgpass_webhooks::config::HttpConfig;
 use mgpass_webhooks::delivery::http::{AttemptResult, HttpClient, Outcome, Request, Transport};
+use testkit::https::Leaf;
 use testkit::receiver::{Behaviour, Receiver};
 
 const BODY: &str = r#"{"event_type":"rewards.points_awarded","data":{"user_id":"usr_abc123","points":150,"note":"é🎉"},"timestamp":"2025-01-15T10:30:00.000Z"}"#;
@@ -68,6 +69,11 @@ for_both_transports!(
     big_response_is_truncated_to_the_configured_excerpt,
     sequence_fails_then_succeeds_and_reports_wrong_signatures,
     bad_ca_bundle_is_a_config_error_naming_the_setting,
+    dripping_body_times_out_within_the_request_timeout,
+    endless_huge_body_is_not_read_past_the_excerpt,
+    expired_certificate_is_a_tls_error,
+    certificate_for_another_name_is_a_tls_error,
+    too_many_requests_reports_its_retry_after,
 );
 
 async fn success_sends_the_exact_body_and_every_header(transport: Transport) {
@@ -302,4 +308,135 @@ async fn bad_ca_bundle_is_a_config_error_naming_the_setting(transport: Transport
         let text = format!("{err:#}");
         assert!(text.contains("http.ca_bundle"), "{path:?}: {text}");
     }
+}
+
+/// Headers and a 200 at once, then one byte a second: the request timeout covers reading the
+/// body, so the attempt is a timeout (not a success) and ends at the timeout.
+async fn dripping_body_times_out_within_the_request_timeout(transport: Transport) {
+    let receiver = Receiver::start(Behaviour::Drip(200, Duration::from_secs(1))).await;
+    let mut config = receiver.http_config();
+    config.request_timeout_ms = 1_500;
+    let http = client(&config, transport);
+
+    let started = Instant::now();
+    let result = send(&http, &receiver.url("/drip"), "sig", 1).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(result.outcome, Outcome::Timeout, "{result:?}");
+    assert_eq!(result.status, None);
+    assert!(
+        result
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("http.request_timeout_ms"),
+        "{result:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(1_450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(receiver.received_on("/drip").len(), 1);
+}
+
+/// A 1 TiB body generated as it is read: only the excerpt is read, at once.
+async fn endless_huge_body_is_not_read_past_the_excerpt(transport: Transport) {
+    let receiver = Receiver::start(Behaviour::Stream(200, 1 << 40)).await;
+    let http = client(&receiver.http_config(), transport);
+
+    let started = Instant::now();
+    let result = send(&http, &receiver.url("/huge"), "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+    assert_eq!(result.status, Some(200));
+    assert_eq!(result.response_excerpt.as_deref().map(str::len), Some(4096));
+    assert!(started.elapsed() < Duration::from_secs(3), "{result:?}");
+}
+
+/// A certificate from a trusted CA, expired: refused in the handshake, nothing sent.
+async fn expired_certificate_is_a_tls_error(transport: Transport) {
+    let receiver = Receiver::start_with_leaf(Behaviour::Status(200), Leaf::Expired).await;
+    let http = client(&receiver.http_config(), transport);
+
+    let result = send(&http, &receiver.url("/hook"), "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::TlsError, "{result:?}");
+    assert_eq!(result.status, None);
+    let error = result.error.as_deref().unwrap().to_lowercase();
+    assert!(error.contains("expired"), "{result:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(receiver.received().is_empty());
+}
+
+/// The URL names `hooks.partner.example` (pinned to the receiver's address); the certificate,
+/// from a trusted CA, is for another name only.
+async fn certificate_for_another_name_is_a_tls_error(transport: Transport) {
+    let receiver = Receiver::start_with_leaf(
+        Behaviour::Status(200),
+        Leaf::ForName("other.partner.example".into()),
+    )
+    .await;
+    let mut config = receiver.http_config();
+    config.resolve = vec!["hooks.partner.example=127.0.0.1".into()];
+    let http = client(&config, transport);
+    let url = url::Url::parse(&format!(
+        "https://hooks.partner.example:{}/hook",
+        receiver.addr().port()
+    ))
+    .unwrap();
+
+    let result = send(&http, &url, "sig", 1).await;
+
+    assert_eq!(result.outcome, Outcome::TlsError, "{result:?}");
+    assert_eq!(result.status, None);
+    let error = result.error.as_deref().unwrap().to_lowercase();
+    assert!(
+        error.contains("not valid for name") || error.contains("notvalidforname"),
+        "{result:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(receiver.received().is_empty());
+
+    // The same receiver by a name its certificate has: delivered (the failure was the name).
+    config.resolve = vec!["other.partner.example=127.0.0.1".into()];
+    let http = client(&config, transport);
+    let url = url::Url::parse(&format!(
+        "https://other.partner.example:{}/hook",
+        receiver.addr().port()
+    ))
+    .unwrap();
+    let result = send(&http, &url, "sig", 1).await;
+    assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+}
+
+/// 429 and 503 with `Retry-After` (seconds, an HTTP date) are HTTP errors carrying the wait.
+async fn too_many_requests_reports_its_retry_after(transport: Transport) {
+    let receiver = Receiver::start(Behaviour::RetryAfter(429, "3".into())).await;
+    let in_20s = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(20));
+    receiver.set_behaviour("/dated", Behaviour::RetryAfter(503, in_20s));
+    receiver.set_behaviour("/other", Behaviour::RetryAfter(500, "3".into()));
+    let http = client(&receiver.http_config(), transport);
+
+    let result = send(&http, &receiver.url("/busy"), "sig", 1).await;
+    assert_eq!(result.outcome, Outcome::HttpError, "{result:?}");
+    assert_eq!(result.status, Some(429));
+    assert_eq!(result.retry_after, Some(Duration::from_secs(3)));
+    assert!(
+        result
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("429 Too Many Requests (Retry-After 3 s)"),
+        "{result:?}"
+    );
+
+    let result = send(&http, &receiver.url("/dated"), "sig", 1).await;
+    assert_eq!(result.outcome, Outcome::HttpError, "{result:?}");
+    assert_eq!(result.status, Some(503));
+    let wait = result.retry_after.expect("a wait");
+    assert!(
+        wait > Duration::from_secs(17) && wait <= Duration::from_secs(20),
+        "{wait:?}"
+    );
+
+    let result = send(&http, &receiver.url("/other"), "sig", 1).await;
+    assert_eq!((result.status, result.retry_after), (Some(500), None));
 }

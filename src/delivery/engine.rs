@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 
 use super::http::{AttemptResult, HttpClient, Outcome, Request};
 use super::{
-    after_failure, now_ms, rfc3339_ms, AfterFailure, Body, DeliveryLogRecord, DeliveryTask, Tier,
+    after_failure_with, now_ms, rfc3339_ms, AfterFailure, Body, DeliveryLogRecord, DeliveryTask,
+    Tier,
 };
 use crate::config::Config;
 use crate::events::RewardsEvent;
@@ -196,6 +197,7 @@ impl Engine {
                 ),
                 response_excerpt: None,
                 duration: Duration::ZERO,
+                retry_after: None,
             };
             return self.record(task, result, now_ms()).await;
         };
@@ -265,7 +267,7 @@ impl Engine {
             .error
             .clone()
             .or_else(|| result.status.map(|s| format!("HTTP {s}")));
-        let next = match after_failure(task.attempt) {
+        let next = match after_failure_with(task.attempt, result.retry_after) {
             AfterFailure::Retry(tier) => Some((tier, now_ms() + tier.delay_ms())),
             AfterFailure::Exhausted => None,
         };

@@ -10,7 +10,8 @@
 //!   see [`crate::net_guard`]: names are resolved by the guard's resolver inside the connector,
 //!   so the address dialled is the address checked; IP literals are checked here);
 //! - redirects are never followed: a 3xx is the [`Outcome::Redirect`] failure;
-//! - the attempt ends within `http.request_timeout_ms` (connect, TLS, request and response body);
+//! - the attempt ends within `http.request_timeout_ms` (connect, TLS, request and response body:
+//!   a response that drips its body ends as [`Outcome::Timeout`], whatever its status);
 //! - at most `http.max_response_bytes` of the response body are read (the rest is never buffered)
 //!   and kept as a lossy UTF-8 excerpt;
 //! - it never fails: every transport problem is an [`AttemptResult`] with a bounded [`Outcome`]
@@ -32,7 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, USER_AGENT as USER_AGENT_NAME,
+    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    USER_AGENT as USER_AGENT_NAME,
 };
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
@@ -171,6 +173,10 @@ pub struct AttemptResult {
     pub response_excerpt: Option<String>,
     /// From just before the request to the end of reading the response excerpt.
     pub duration: Duration,
+    /// How long a 429 or 503 response asked us to wait before the next request (its
+    /// `Retry-After`, in seconds or as an HTTP date; a date already past is zero). `None` for
+    /// other responses and when the header is absent or unreadable.
+    pub retry_after: Option<Duration>,
 }
 
 impl AttemptResult {
@@ -181,8 +187,30 @@ impl AttemptResult {
             error: Some(error),
             response_excerpt: None,
             duration: started.elapsed(),
+            retry_after: None,
         }
     }
+}
+
+/// The wait a response asks for: `Retry-After` of a 429 (Too Many Requests) or 503 (Service
+/// Unavailable), as delay-seconds or an HTTP date (RFC 9110 §10.2.3), measured from `now`. A
+/// date in the past is zero; a value that is neither is ignored (`None`), as is the header on
+/// any other status.
+pub fn retry_after(
+    status: u16,
+    value: Option<&HeaderValue>,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    if !matches!(status, 429 | 503) {
+        return None;
+    }
+    let value = value?.to_str().ok()?.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits to fit is simply a very long wait.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// One webhook request. The body is sent as is; `Bytes` makes re-sending on retries a cheap clone.
@@ -349,7 +377,10 @@ fn proxied_client(
         .redirect(reqwest::redirect::Policy::none())
         .https_only(!config.allow_http)
         .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-        .timeout(Duration::from_millis(config.request_timeout_ms))
+        // No `.timeout()`: `send` bounds the whole exchange, body included, with
+        // `http.request_timeout_ms` exactly as for the direct client (reqwest's own total
+        // timeout surfaces as a body error while reading the excerpt, which is not a timeout
+        // outcome).
         // Many endpoints, each possibly receiving bursts: keep warm connections around.
         .pool_max_idle_per_host(64)
         .pool_idle_timeout(Duration::from_secs(90))
@@ -519,7 +550,7 @@ impl HttpClient {
                 AttemptResult::failed(outcome, join_chain(chain), started)
             }
             Ok(Ok((parts, excerpt))) => {
-                response_result(parts.status, parts.headers.get(LOCATION), excerpt, started)
+                response_result(parts.status, &parts.headers, excerpt, started)
             }
         }
     }
@@ -532,15 +563,29 @@ impl HttpClient {
         headers: HeaderMap,
         started: Instant,
     ) -> AttemptResult {
-        let sent = client
-            .post(req.url.clone())
-            .headers(headers)
-            .body(req.body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) => {
+        let max = self.max_response_bytes;
+        let exchange = async {
+            let response = client
+                .post(req.url.clone())
+                .headers(headers)
+                .body(req.body)
+                .send()
+                .await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let excerpt = read_excerpt(reqwest::Body::from(response), max).await;
+            Ok::<_, reqwest::Error>((status, headers, excerpt))
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Err(_) => AttemptResult::failed(
+                Outcome::Timeout,
+                format!(
+                    "timed out after {} ms (http.request_timeout_ms)",
+                    self.request_timeout.as_millis()
+                ),
+                started,
+            ),
+            Ok(Err(e)) => {
                 if let Some(refused) = net_guard::find_refusal(&e) {
                     return AttemptResult::failed(
                         Outcome::AddressRefused,
@@ -549,23 +594,28 @@ impl HttpClient {
                     );
                 }
                 let outcome = classify_error(&e);
-                return AttemptResult::failed(outcome, error_text(&e), started);
+                AttemptResult::failed(outcome, error_text(&e), started)
             }
-        };
-        let status = response.status();
-        let location = response.headers().get(LOCATION).cloned();
-        let excerpt = read_excerpt(reqwest::Body::from(response), self.max_response_bytes).await;
-        response_result(status, location.as_ref(), excerpt, started)
+            Ok(Ok((status, headers, excerpt))) => {
+                response_result(status, &headers, excerpt, started)
+            }
+        }
     }
 }
 
-/// The result of an attempt that got a response (`location`: its `Location` header).
+/// The result of an attempt that got a response with these headers.
 fn response_result(
     status: hyper::StatusCode,
-    location: Option<&HeaderValue>,
+    headers: &HeaderMap,
     excerpt: Option<String>,
     started: Instant,
 ) -> AttemptResult {
+    let location = headers.get(LOCATION);
+    let wait = retry_after(
+        status.as_u16(),
+        headers.get(RETRY_AFTER),
+        std::time::SystemTime::now(),
+    );
     let outcome = classify_status(status.as_u16());
     let error = match outcome {
         Outcome::Success => None,
@@ -577,7 +627,10 @@ fn response_result(
             ),
             None => format!("redirect not followed (HTTP {})", status.as_u16()),
         }),
-        _ => Some(format!("HTTP {status}")),
+        _ => Some(match wait {
+            Some(wait) => format!("HTTP {status} (Retry-After {} s)", wait.as_secs()),
+            None => format!("HTTP {status}"),
+        }),
     };
     AttemptResult {
         outcome,
@@ -585,6 +638,7 @@ fn response_result(
         error,
         response_excerpt: excerpt,
         duration: started.elapsed(),
+        retry_after: wait,
     }
 }
 
@@ -832,6 +886,46 @@ mod tests {
         for (status, expected) in table {
             assert_eq!(classify_status(status), expected, "status {status}");
         }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates_on_429_and_503_only() {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        let s = Duration::from_secs;
+        #[rustfmt::skip]
+        let table: &[(u16, Option<HeaderValue>, Option<Duration>)] = &[
+            (429, Some(v("3")), Some(s(3))),
+            (503, Some(v(" 120 ")), Some(s(120))),
+            (429, Some(v("0")), Some(s(0))),
+            (429, Some(v("99999999999999999999999")), Some(s(u64::MAX))),
+            // The three HTTP date forms, 10 s after `now`.
+            (429, Some(v("Sun, 06 Nov 1994 08:49:47 GMT")), Some(s(10))),
+            (503, Some(v("Sunday, 06-Nov-94 08:49:47 GMT")), Some(s(10))),
+            (503, Some(v("Sun Nov  6 08:49:47 1994")), Some(s(10))),
+            // A date already past: no wait.
+            (503, Some(v("Sun, 06 Nov 1994 08:00:00 GMT")), Some(s(0))),
+            // Unreadable, negative, fractional, absent: ignored.
+            (429, Some(v("soon")), None),
+            (429, Some(v("-5")), None),
+            (429, Some(v("1.5")), None),
+            (429, Some(v("")), None),
+            (429, None, None),
+            // Other statuses: ignored.
+            (500, Some(v("3")), None),
+            (302, Some(v("3")), None),
+            (200, Some(v("3")), None),
+        ];
+        for (status, value, expected) in table {
+            assert_eq!(
+                retry_after(*status, value.as_ref(), now),
+                *expected,
+                "{status} {value:?}"
+            );
+        }
+        assert!(SystemTime::now() > now);
     }
 
     #[test]

@@ -73,6 +73,29 @@ pub fn after_failure(attempt: u32) -> AfterFailure {
     }
 }
 
+/// What follows failed attempt `attempt` when the endpoint asked, with `Retry-After`, to wait
+/// `retry_after` (see [`http::retry_after`]): the schedule's tier, or a later one when the
+/// endpoint asked for longer — the smallest tier whose delay is at least the wait asked for, the
+/// 25 s tier for any longer wait. Never an earlier tier than the schedule's, never a different
+/// attempt count. Every task of a tier waits exactly the tier's delay, so a tier's partitions
+/// stay in due order and a lengthened retry holds back no other task.
+pub fn after_failure_with(attempt: u32, retry_after: Option<std::time::Duration>) -> AfterFailure {
+    let scheduled = after_failure(attempt);
+    let (AfterFailure::Retry(tier), Some(wait)) = (scheduled, retry_after) else {
+        return scheduled;
+    };
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+    let asked = Tier::ALL
+        .into_iter()
+        .find(|t| t.delay_ms() >= wait_ms)
+        .unwrap_or(Tier::TwentyFiveSeconds);
+    AfterFailure::Retry(if asked.delay_ms() > tier.delay_ms() {
+        asked
+    } else {
+        tier
+    })
+}
+
 /// The stable delivery id of (source record, subscription): identical on every retry and replay
 /// and after a crash re-reads the source record, so receivers can deduplicate on it. The record's
 /// timestamp is part of it, so a topic deleted and created again (offsets from 0) gives new ids.
@@ -318,6 +341,46 @@ mod tests {
             }
         }
         assert_eq!(times, [0, 1_000, 6_000, 31_000]);
+    }
+
+    #[test]
+    fn retry_after_lengthens_the_schedule_to_a_tier_and_never_shortens_it() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        use AfterFailure::{Exhausted, Retry};
+        use Tier::*;
+        #[rustfmt::skip]
+        let table: &[(u32, Option<Duration>, AfterFailure)] = &[
+            // No Retry-After, or one asking for less: the schedule.
+            (1, None, Retry(OneSecond)),
+            (2, None, Retry(FiveSeconds)),
+            (3, None, Retry(TwentyFiveSeconds)),
+            (4, None, Exhausted),
+            (1, Some(s(0)), Retry(OneSecond)),
+            (1, Some(s(1)), Retry(OneSecond)),
+            (2, Some(s(1)), Retry(FiveSeconds)),
+            (3, Some(s(1)), Retry(TwentyFiveSeconds)),
+            (3, Some(s(25)), Retry(TwentyFiveSeconds)),
+            // Longer: the smallest tier that waits at least that long.
+            (1, Some(ms(1_001)), Retry(FiveSeconds)),
+            (1, Some(s(3)), Retry(FiveSeconds)),
+            (1, Some(s(5)), Retry(FiveSeconds)),
+            (1, Some(s(6)), Retry(TwentyFiveSeconds)),
+            (2, Some(s(6)), Retry(TwentyFiveSeconds)),
+            (2, Some(s(25)), Retry(TwentyFiveSeconds)),
+            // Longer than the longest tier: capped at it, the attempt count unchanged.
+            (1, Some(s(3600)), Retry(TwentyFiveSeconds)),
+            (1, Some(Duration::MAX), Retry(TwentyFiveSeconds)),
+            (4, Some(s(3)), Exhausted),
+        ];
+        for &(attempt, wait, expected) in table {
+            assert_eq!(
+                after_failure_with(attempt, wait),
+                expected,
+                "{attempt} {wait:?}"
+            );
+        }
     }
 
     #[test]

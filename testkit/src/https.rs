@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -23,8 +24,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-/// A response of a local receiver.
-pub type Response = hyper::Response<Full<Bytes>>;
+/// A response of a local receiver: a whole body ([`response`]) or a streamed one
+/// ([`streamed_response`]).
+pub type Response = hyper::Response<BoxBody<Bytes, Infallible>>;
 
 /// What a local receiver does with a request.
 pub type Handler = Arc<
@@ -36,7 +38,19 @@ pub type Handler = Arc<
 /// The longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A CA and a leaf certificate for `127.0.0.1` and `localhost` that it signed.
+/// The server certificate a [`LocalTls`] issues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leaf {
+    /// For `127.0.0.1` and `localhost`, valid now.
+    Valid,
+    /// For `127.0.0.1` and `localhost`, expired (valid during 2020 only).
+    Expired,
+    /// Valid now, but only for this DNS name (a client connecting by any other name or by
+    /// address must refuse it).
+    ForName(String),
+}
+
+/// A CA and a server certificate it signed ([`Leaf`]; by default for `127.0.0.1` and `localhost`).
 pub struct LocalTls {
     /// The CA certificate, PEM: what the client must trust (`http.ca_bundle`).
     pub ca_pem: String,
@@ -45,8 +59,13 @@ pub struct LocalTls {
 }
 
 impl LocalTls {
-    /// A fresh CA named `ca_name` and a server certificate it issued.
+    /// A fresh CA named `ca_name` and a valid server certificate it issued.
     pub fn generate(ca_name: &str) -> Result<LocalTls> {
+        LocalTls::generate_leaf(ca_name, Leaf::Valid)
+    }
+
+    /// A fresh CA named `ca_name` and a server certificate of the given kind it issued.
+    pub fn generate_leaf(ca_name: &str, kind: Leaf) -> Result<LocalTls> {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
             KeyPair, KeyUsagePurpose,
@@ -62,10 +81,16 @@ impl LocalTls {
         let ca_key = KeyPair::generate().context("CA key")?;
         let ca_cert = ca.self_signed(&ca_key).context("CA certificate")?;
         let issuer = Issuer::new(ca, ca_key);
-        let mut leaf =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
+        let names = match &kind {
+            Leaf::Valid | Leaf::Expired => vec!["127.0.0.1".to_string(), "localhost".to_string()],
+            Leaf::ForName(name) => vec![name.clone()],
+        };
+        let mut leaf = CertificateParams::new(names.clone())?;
+        leaf.distinguished_name.push(DnType::CommonName, &names[0]);
+        if kind == Leaf::Expired {
+            leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         leaf.use_authority_key_identifier_extension = true;
         leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -146,7 +171,16 @@ pub async fn serve(
 
 /// A response with this status and body.
 pub fn response(status: u16, body: impl Into<Bytes>) -> Response {
-    let mut r = hyper::Response::new(Full::new(body.into()));
+    streamed_response(status, Full::new(body.into()))
+}
+
+/// A response with this status whose body is produced by `body` as the client reads it (a
+/// body that drips, or one too large to hold in memory).
+pub fn streamed_response<B>(status: u16, body: B) -> Response
+where
+    B: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + Sync + 'static,
+{
+    let mut r = hyper::Response::new(body.boxed());
     *r.status_mut() = hyper::StatusCode::from_u16(status).expect("a valid status code");
     r
 }

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::https::{self, response, Handler, LocalTls, Response};
+use crate::https::{self, response, streamed_response, Handler, Leaf, LocalTls, Response};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use mgpass_webhooks::signing;
@@ -47,6 +48,14 @@ pub enum Behaviour {
     Body(u16, Vec<u8>),
     /// This status after this delay (a slow endpoint).
     Delay(Duration, u16),
+    /// This status and its headers at once, then a body of one byte per interval, without end
+    /// (until the client gives up or the receiver is dropped).
+    Drip(u16, Duration),
+    /// This status with a body of this many bytes, generated as the client reads it (never
+    /// held in memory: a huge response).
+    Stream(u16, u64),
+    /// This status with `Retry-After: <value>` (seconds or an HTTP date, sent as given).
+    RetryAfter(u16, String),
 }
 
 impl Default for Behaviour {
@@ -115,7 +124,19 @@ impl Drop for Receiver {
 impl Receiver {
     /// An HTTPS receiver answering `default` on every path without its own behaviour.
     pub async fn start(default: Behaviour) -> Receiver {
-        let tls = LocalTls::generate("mgpass-webhooks test CA").expect("test certificates");
+        Receiver::start_with_leaf(default, Leaf::Valid).await
+    }
+
+    /// An HTTPS receiver whose server certificate is of the given kind (expired, for another
+    /// name), issued by its own CA ([`Receiver::ca_file`]) like [`Receiver::start`]'s.
+    pub async fn start_with_leaf(default: Behaviour, leaf: Leaf) -> Receiver {
+        // A distinct CA name per receiver: with one name for all, a client trusting another
+        // receiver's CA finds an issuer of that name and reports a bad signature, not an
+        // unknown issuer.
+        static CAS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ca_name = format!("mgpass-webhooks test CA {} #{n}", std::process::id());
+        let tls = LocalTls::generate_leaf(&ca_name, leaf).expect("test certificates");
         let acceptor = tls.acceptor(&[b"h2", b"http/1.1"]).expect("TLS acceptor");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ca.pem"), &tls.ca_pem).expect("write CA file");
@@ -352,6 +373,18 @@ async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Response 
             }
             status_response(code)
         }
+        Behaviour::Drip(code, every) => streamed_response(code, Generated::new(u64::MAX, 1, every)),
+        Behaviour::Stream(code, bytes) => {
+            streamed_response(code, Generated::new(bytes, CHUNK.len(), Duration::ZERO))
+        }
+        Behaviour::RetryAfter(code, value) => {
+            let mut r = status_response(code);
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                value.parse().expect("Retry-After header value"),
+            );
+            r
+        }
         Behaviour::Hang => {
             tokio::select! {
                 _ = tokio::time::sleep(HANG_FOR) => {}
@@ -380,4 +413,72 @@ fn status_response(code: u16) -> Response {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Status");
     response(code, reason.as_bytes())
+}
+
+static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+/// A response body of `remaining` bytes of `x`, in frames of `chunk` bytes, the first at once and
+/// each further one `every` later (zero: as fast as the client reads).
+struct Generated {
+    remaining: u64,
+    chunk: usize,
+    every: Duration,
+    first: bool,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Generated {
+    fn new(remaining: u64, chunk: usize, every: Duration) -> Generated {
+        Generated {
+            remaining,
+            chunk: chunk.clamp(1, CHUNK.len()),
+            every,
+            first: true,
+            sleep: None,
+        }
+    }
+}
+
+impl hyper::body::Body for Generated {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        if !this.first && !this.every.is_zero() {
+            let every = this.every;
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep = None;
+        }
+        this.first = false;
+        let n = (this.chunk as u64).min(this.remaining) as usize;
+        this.remaining -= n as u64;
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &CHUNK[..n],
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.remaining == u64::MAX {
+            hyper::body::SizeHint::default()
+        } else {
+            hyper::body::SizeHint::with_exact(self.remaining)
+        }
+    }
 }
