@@ -268,7 +268,10 @@ async fn three_kill_9_restarts_in_20000_events_lose_no_pair_and_duplicates_stay_
     let (failed, reader) = follow_failed(&testkit::bootstrap(), &c.topics.failed);
 
     let started = Instant::now();
-    let (mut p, _, _) = spawn(&c, &receiver, "p0", &[]);
+    // A killed member's partitions wait for its session to expire before they are assigned
+    // again (45 s by default); 10 s keeps the test short.
+    let sets = ["kafka.properties.session.timeout.ms=10000"];
+    let (mut p, _, _) = spawn(&c, &receiver, "p0", &sets);
     let mut kills = Vec::new();
     for (n, fraction) in [(1, 0.2), (2, 0.45), (3, 0.7)] {
         let target = (EVENTS as f64 * fraction) as usize;
@@ -285,7 +288,7 @@ async fn three_kill_9_restarts_in_20000_events_lose_no_pair_and_duplicates_stay_
         let at = seen(&receiver).ok.len();
         assert!(at < expected.len(), "kill {n} must land mid-run");
         kills.push(at);
-        p = spawn(&c, &receiver, &format!("p{n}"), &[]).0;
+        p = spawn(&c, &receiver, &format!("p{n}"), &sets).0;
     }
     // The `down` pairs need 31 s of retries after their first attempt.
     let open = wait_settled(
