@@ -1,6 +1,7 @@
 //! The small admin HTTP server: `/livez` (depends on nothing external: the process is alive and
 //! serving), `/readyz` (the subscription table is loaded, the event consumer is running and no
-//! supervised task has stopped) and `/metrics` (Prometheus text format).
+//! supervised task has stopped, and the Kafka cluster answers) and `/metrics` (Prometheus text
+//! format).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,8 @@ pub struct Health {
     pub table: Arc<SubscriptionTable>,
     /// Set while the event consumer is running.
     pub consuming: AtomicBool,
+    /// Cleared while the Kafka cluster does not answer (see [`crate::kafka::watch_reachable`]).
+    pub kafka_reachable: AtomicBool,
     /// Cancelled once any supervised task stopped (or shutdown began): not ready from then on.
     stopping: CancellationToken,
 }
@@ -31,6 +34,8 @@ impl Health {
         Health {
             table,
             consuming: AtomicBool::new(false),
+            // The processor starts only after a broker answered.
+            kafka_reachable: AtomicBool::new(true),
             stopping,
         }
     }
@@ -38,6 +43,7 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.table.is_ready()
             && self.consuming.load(Ordering::Relaxed)
+            && self.kafka_reachable.load(Ordering::Relaxed)
             && !self.stopping.is_cancelled()
     }
 }
@@ -80,6 +86,8 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else if !s.health.table.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "loading subscriptions\n")
+    } else if !s.health.kafka_reachable.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "consumer not running\n")
     }
@@ -107,6 +115,10 @@ mod tests {
         assert!(!health.is_ready(), "not consuming yet");
         health.consuming.store(true, Ordering::Relaxed);
         assert!(health.is_ready());
+        health.kafka_reachable.store(false, Ordering::Relaxed);
+        assert!(!health.is_ready(), "Kafka away");
+        health.kafka_reachable.store(true, Ordering::Relaxed);
+        assert!(health.is_ready(), "Kafka back");
         stopping.cancel();
         assert!(
             !health.is_ready(),

@@ -112,10 +112,23 @@ pub async fn run_pipeline<D: Dispatcher>(
         Box::pin(admin_server::serve(
             addr,
             metrics.clone(),
-            health,
+            health.clone(),
             cancel.clone(),
             None,
         )),
+    );
+    let (watch_config, watch_cancel) = (config.clone(), cancel.clone());
+    supervise(
+        "kafka-watch",
+        Box::pin(async move {
+            kafka::watch_reachable(
+                &watch_config,
+                &watch_config.topics.events,
+                &health.kafka_reachable,
+                watch_cancel,
+            )
+            .await
+        }),
     );
     let loader_cancel = cancel.clone();
     supervise(

@@ -200,3 +200,48 @@ pub fn check_reachable(config: &Config, timeout: Duration) -> Result<()> {
             )
         })
 }
+
+/// How often [`watch_reachable`] asks the cluster for metadata, and how long it waits.
+pub const REACHABLE_PROBE_EVERY: Duration = Duration::from_secs(1);
+pub const REACHABLE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Until `cancel` fires, asks the cluster for `topic`'s metadata every
+/// [`REACHABLE_PROBE_EVERY`] through one long-lived client and sets `reachable` to whether it
+/// answered within [`REACHABLE_PROBE_TIMEOUT`] (`/readyz` reports an outage from it). Logs each
+/// change. Never fails on an outage: the consumers and the producer wait for the broker.
+pub async fn watch_reachable(
+    config: &Config,
+    topic: &str,
+    reachable: &std::sync::atomic::AtomicBool,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let client: std::sync::Arc<BaseConsumer> = std::sync::Arc::new(create(
+        with_properties(base(config, "probe"), config),
+        "probe",
+    )?);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(REACHABLE_PROBE_EVERY) => {}
+        }
+        let probe = client.clone();
+        let topic = topic.to_string();
+        let answered = tokio::task::spawn_blocking(move || {
+            probe
+                .fetch_metadata(Some(&topic), REACHABLE_PROBE_TIMEOUT)
+                .map(|_| ())
+        })
+        .await
+        .context("the Kafka probe thread")?;
+        let was = reachable.swap(answered.is_ok(), Ordering::Relaxed);
+        match (was, answered) {
+            (true, Err(e)) => tracing::warn!(
+                error = %e, servers = %config.kafka.bootstrap_servers,
+                "Kafka unreachable; not ready until it answers (consumers and producer wait)"
+            ),
+            (false, Ok(())) => tracing::info!("Kafka reachable again; ready"),
+            _ => {}
+        }
+    }
+}

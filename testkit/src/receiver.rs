@@ -56,6 +56,9 @@ pub enum Behaviour {
     Stream(u16, u64),
     /// This status with `Retry-After: <value>` (seconds or an HTTP date, sent as given).
     RetryAfter(u16, String),
+    /// Every `n`th request on the path (the `n`th, `2n`th, …) answers this status, the others
+    /// 200: an endpoint that fails now and then.
+    FailEvery(u64, u16),
 }
 
 impl Default for Behaviour {
@@ -76,6 +79,9 @@ pub struct Received {
     pub at: Instant,
     /// `None` when no secret is set for the path; otherwise whether the signature verified.
     pub signature_valid: Option<bool>,
+    /// The status the receiver answers (or answered) this request with; `None` for a
+    /// [`Behaviour::Hang`].
+    pub status: Option<u16>,
 }
 
 impl Received {
@@ -91,6 +97,8 @@ struct State {
     default: Behaviour,
     behaviours: HashMap<String, Behaviour>,
     secrets: HashMap<String, Vec<u8>>,
+    /// Requests per path, for [`Behaviour::FailEvery`].
+    counts: HashMap<String, u64>,
     log: Vec<Received>,
 }
 
@@ -334,18 +342,13 @@ async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Response 
                     .map_or(&b""[..], |v| v.as_bytes()),
             )
         });
-        s.log.push(Received {
-            method: parts.method.to_string(),
-            path: path.clone(),
-            headers,
-            body,
-            at: Instant::now(),
-            signature_valid,
-        });
-        let n = s.log.len();
-        shared.count.send_replace(n);
+        let seen = {
+            let n = s.counts.entry(path.clone()).or_default();
+            *n += 1;
+            *n
+        };
         let default = s.default.clone();
-        match s.behaviours.get_mut(&path) {
+        let behaviour = match s.behaviours.get_mut(&path) {
             Some(Behaviour::Sequence(seq)) => {
                 Behaviour::Status(if seq.is_empty() { 200 } else { seq.remove(0) })
             }
@@ -359,12 +362,39 @@ async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Response 
                 }
                 other => other,
             },
-        }
+        };
+        let behaviour = match behaviour {
+            Behaviour::FailEvery(n, code) if n > 0 && seen % n == 0 => Behaviour::Status(code),
+            Behaviour::FailEvery(..) => Behaviour::Status(200),
+            other => other,
+        };
+        let status = match &behaviour {
+            Behaviour::Status(code)
+            | Behaviour::Body(code, _)
+            | Behaviour::Delay(_, code)
+            | Behaviour::Drip(code, _)
+            | Behaviour::Stream(code, _)
+            | Behaviour::RetryAfter(code, _) => Some(*code),
+            Behaviour::Redirect => Some(302),
+            Behaviour::Hang | Behaviour::Sequence(_) | Behaviour::FailEvery(..) => None,
+        };
+        s.log.push(Received {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            headers,
+            body,
+            at: Instant::now(),
+            signature_valid,
+            status,
+        });
+        let n = s.log.len();
+        shared.count.send_replace(n);
+        behaviour
     };
 
     match behaviour {
         Behaviour::Status(code) => status_response(code),
-        Behaviour::Sequence(_) => unreachable!("resolved above"),
+        Behaviour::Sequence(_) | Behaviour::FailEvery(..) => unreachable!("resolved above"),
         Behaviour::Body(code, bytes) => response(code, bytes),
         Behaviour::Delay(wait, code) => {
             tokio::select! {
