@@ -277,6 +277,19 @@ impl Receiver {
         self.shared.state.lock().unwrap().log.clone()
     }
 
+    /// How many requests to `path` so far were answered `status` and carried a valid
+    /// signature, without copying the log (for long runs).
+    pub fn count_answered(&self, path: &str, status: u16) -> usize {
+        let path = normalise(path);
+        let s = self.shared.state.lock().unwrap();
+        s.log
+            .iter()
+            .filter(|r| {
+                r.path == path && r.status == Some(status) && r.signature_valid == Some(true)
+            })
+            .count()
+    }
+
     /// Every request to `path` so far, in arrival order.
     pub fn received_on(&self, path: &str) -> Vec<Received> {
         let path = normalise(path);
