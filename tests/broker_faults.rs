@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 
 use mgpass_webhooks::config::Config;
 use mgpass_webhooks::delivery::DeliveryTask;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use testkit::process::{free_port, Options, Processor};
 use testkit::receiver::{Behaviour, Receiver};
 
@@ -116,22 +114,7 @@ fn follow_failed(
     bootstrap: &str,
     topic: &str,
 ) -> (Arc<Mutex<Vec<Pair>>>, tokio::task::JoinHandle<()>) {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.auto.commit", "false")
-        .set("group.id", "test-reader-never-joins")
-        .create()
-        .expect("failed-topic reader");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata of the failed topic");
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    assert!(tpl.count() > 0, "the failed topic has partitions");
-    consumer.assign(&tpl).unwrap();
+    let consumer = testkit::fixtures::reader_from_beginning(bootstrap, topic);
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = out.clone();
     let task = tokio::spawn(async move {

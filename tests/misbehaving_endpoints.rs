@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use mgpass_webhooks::app::run_processor;
 use mgpass_webhooks::delivery::DeliveryLogRecord;
 use mgpass_webhooks::metrics::Metrics;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use testkit::https::Leaf;
 use testkit::receiver::{Behaviour, Receiver};
 use tokio_util::sync::CancellationToken;
@@ -59,21 +58,7 @@ async fn read_log_until(
     timeout: Duration,
     done: impl Fn(&[DeliveryLogRecord]) -> bool,
 ) -> Vec<DeliveryLogRecord> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", testkit::bootstrap())
-        .set("enable.auto.commit", "false")
-        .set("group.id", "test-reader-never-joins")
-        .create()
-        .expect("log reader");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = testkit::fixtures::reader_from_beginning(&testkit::bootstrap(), topic);
     let deadline = Instant::now() + timeout;
     let mut out: Vec<DeliveryLogRecord> = Vec::new();
     while !done(&out) {

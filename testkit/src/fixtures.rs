@@ -153,23 +153,31 @@ pub async fn produce_all(
     }
 }
 
-/// Reads every record of `topic` from the beginning until `count` arrived or `timeout` passed.
-pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
+/// A consumer of every partition of `topic` on `bootstrap`, from the beginning, outside any
+/// group (nothing is committed); panics naming what failed.
+pub fn reader_from_beginning(bootstrap: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("enable.auto.commit", "false")
         .set("group.id", "test-reader-never-joins")
         .create()
         .expect("test reader");
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
+        .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
             .unwrap();
     }
+    assert!(tpl.count() > 0, "{topic} has partitions");
     consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// Reads every record of `topic` from the beginning until `count` arrived or `timeout` passed.
+pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let consumer = reader_from_beginning(&bootstrap(), topic);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < count {
