@@ -526,14 +526,7 @@ impl HttpClient {
             Ok::<_, hyper_util::client::legacy::Error>((parts, excerpt))
         };
         match tokio::time::timeout(self.request_timeout, exchange).await {
-            Err(_) => AttemptResult::failed(
-                Outcome::Timeout,
-                format!(
-                    "timed out after {} ms (http.request_timeout_ms)",
-                    self.request_timeout.as_millis()
-                ),
-                started,
-            ),
+            Err(_) => self.timed_out(started),
             Ok(Err(e)) => {
                 if let Some(refused) = net_guard::find_refusal(&e) {
                     return AttemptResult::failed(
@@ -553,6 +546,18 @@ impl HttpClient {
                 response_result(parts.status, &parts.headers, excerpt, started)
             }
         }
+    }
+
+    /// The result of an exchange that outlived `http.request_timeout_ms` (either transport).
+    fn timed_out(&self, started: Instant) -> AttemptResult {
+        AttemptResult::failed(
+            Outcome::Timeout,
+            format!(
+                "timed out after {} ms (http.request_timeout_ms)",
+                self.request_timeout.as_millis()
+            ),
+            started,
+        )
     }
 
     /// [`HttpClient::send`] through reqwest.
@@ -577,14 +582,7 @@ impl HttpClient {
             Ok::<_, reqwest::Error>((status, headers, excerpt))
         };
         match tokio::time::timeout(self.request_timeout, exchange).await {
-            Err(_) => AttemptResult::failed(
-                Outcome::Timeout,
-                format!(
-                    "timed out after {} ms (http.request_timeout_ms)",
-                    self.request_timeout.as_millis()
-                ),
-                started,
-            ),
+            Err(_) => self.timed_out(started),
             Ok(Err(e)) => {
                 if let Some(refused) = net_guard::find_refusal(&e) {
                     return AttemptResult::failed(
