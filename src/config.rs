@@ -137,6 +137,16 @@ pub struct DeliveryConfig {
     /// Largest rewards event value accepted, in bytes; a larger one goes to the invalid topic
     /// as `event_too_large`. At most the producer's `message.max.bytes`.
     pub max_event_bytes: usize,
+    /// Deliveries of event records waiting or in flight across the process (matched, not yet
+    /// finished): bounds memory however many subscriptions an event matches. An event that
+    /// matches more takes the whole budget by itself.
+    pub max_pending_deliveries: usize,
+    /// An attempt still unanswered after this long marks its endpoint *slow*: the attempts of
+    /// slow endpoints share at most `slow_share_percent` of `max_in_flight`, so any number of
+    /// hanging endpoints leave the rest to the healthy ones.
+    pub slow_request_ms: u64,
+    /// The share of `max_in_flight`, in percent, that slow endpoints may hold together.
+    pub slow_share_percent: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -251,6 +261,9 @@ impl Default for DeliveryConfig {
             endpoint_stall_ms: 2_000,
             shutdown_deadline_secs: 30,
             max_event_bytes: crate::kafka::produce::DEFAULT_MAX_MESSAGE_BYTES,
+            max_pending_deliveries: 50_000,
+            slow_request_ms: 1_000,
+            slow_share_percent: 25,
         }
     }
 }
@@ -475,6 +488,21 @@ impl Config {
         }
         if self.delivery.endpoint_stall_ms == 0 {
             p.push("delivery.endpoint_stall_ms: must be positive".into());
+        }
+        if self.delivery.max_pending_deliveries < self.delivery.max_in_flight
+            || self.delivery.max_pending_deliveries > u32::MAX as usize
+        {
+            p.push(format!(
+                "delivery.max_pending_deliveries: must be between delivery.max_in_flight ({}) and {}",
+                self.delivery.max_in_flight,
+                u32::MAX
+            ));
+        }
+        if self.delivery.slow_request_ms == 0 {
+            p.push("delivery.slow_request_ms: must be positive".into());
+        }
+        if !(1..=100).contains(&self.delivery.slow_share_percent) {
+            p.push("delivery.slow_share_percent: must be between 1 and 100".into());
         }
         if self.delivery.max_event_bytes == 0 {
             p.push("delivery.max_event_bytes: must be positive".into());

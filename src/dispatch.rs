@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Result;
-use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::delivery::engine::Engine;
 use crate::delivery::{delivery_id, now_ms, Body, DeliveryTask};
@@ -75,10 +75,15 @@ impl Dispatcher for Engine {
         event: Arc<RewardsEvent>,
         subscriptions: Vec<Arc<Subscription>>,
     ) -> Result<()> {
+        // At most `delivery.max_in_flight` attempts of one event are started at once (no more
+        // can be on the wire anyway), so an event matched by thousands of subscriptions does
+        // not hold thousands of attempt states.
         let tasks = first_tasks(&source, &event, &subscriptions);
-        try_join_all(tasks.into_iter().map(|t| self.attempt(t)))
+        futures::stream::iter(tasks)
+            .map(|t| self.attempt(t))
+            .buffer_unordered(self.max_in_flight())
+            .try_for_each(|()| async { Ok(()) })
             .await
-            .map(|_| ())
     }
 
     async fn dispatch_task(&self, task: DeliveryTask) -> Result<()> {

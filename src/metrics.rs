@@ -366,6 +366,18 @@ pub struct Metrics {
     pub delivery_latency_seconds: Histogram,
     /// `webhooks_in_flight`: HTTP attempts in flight.
     pub in_flight: IntGauge,
+    /// `webhooks_pending_deliveries`: deliveries of matched events not finished yet (bounded
+    /// by `delivery.max_pending_deliveries`).
+    pub pending_deliveries: IntGauge,
+    /// `webhooks_slow_in_flight`: attempts in flight to endpoints marked slow (bounded by
+    /// `delivery.slow_share_percent` of `delivery.max_in_flight`).
+    pub slow_in_flight: IntGauge,
+    /// `webhooks_slow_abandoned_total`: attempts given up after `delivery.slow_request_ms`
+    /// because slow endpoints already held their whole share.
+    pub slow_abandoned: IntCounter,
+    /// `webhooks_endpoints_tracked`: endpoints (URL origins) with concurrency state in memory;
+    /// idle ones are forgotten.
+    pub endpoints_tracked: IntGauge,
     /// `webhooks_retries_scheduled_total{tier}`.
     pub retries_scheduled: IntCounterVec,
     /// `webhooks_retry_lateness_seconds{tier}`: start of a retry minus its due time.
@@ -584,6 +596,22 @@ impl Metrics {
                 &LATENCY_BUCKETS,
             ),
             in_flight: gauge("webhooks_in_flight", "HTTP delivery attempts in flight"),
+            pending_deliveries: gauge(
+                "webhooks_pending_deliveries",
+                "Deliveries of matched events not finished yet (delivery.max_pending_deliveries)",
+            ),
+            slow_in_flight: gauge(
+                "webhooks_slow_in_flight",
+                "Delivery attempts in flight to endpoints marked slow",
+            ),
+            slow_abandoned: counter(
+                "webhooks_slow_abandoned_total",
+                "Attempts given up after delivery.slow_request_ms: slow endpoints held their share",
+            ),
+            endpoints_tracked: gauge(
+                "webhooks_endpoints_tracked",
+                "Endpoints (URL origins) with concurrency state in memory",
+            ),
             retries_scheduled,
             retry_lateness_seconds,
             replayed: counter(
@@ -877,6 +905,10 @@ mod tests {
             "webhooks_attempt_duration_seconds_count",
             "webhooks_delivery_latency_seconds_count",
             "webhooks_in_flight",
+            "webhooks_pending_deliveries",
+            "webhooks_slow_in_flight",
+            "webhooks_slow_abandoned_total",
+            "webhooks_endpoints_tracked",
             "webhooks_replayed_total",
             "webhooks_endpoints_stalled",
             "webhooks_subscriptions",

@@ -57,6 +57,22 @@ pub struct Processor<D> {
     dispatcher: Arc<D>,
     /// The producer's limit for one record.
     max_record_bytes: usize,
+    /// `delivery.max_pending_deliveries`: a matched event holds one permit per delivery
+    /// (at most all of them) until its deliveries are done.
+    pending: Arc<tokio::sync::Semaphore>,
+}
+
+/// An event's share of `delivery.max_pending_deliveries`, returned (and un-counted) on drop.
+struct PendingGuard<'a> {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: &'a Metrics,
+    n: u32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.pending_deliveries.sub(i64::from(self.n));
+    }
 }
 
 impl<D: Dispatcher> Processor<D> {
@@ -87,6 +103,9 @@ impl<D: Dispatcher> Processor<D> {
             health,
             dispatcher,
             max_record_bytes: max_message_bytes(config),
+            pending: Arc::new(tokio::sync::Semaphore::new(
+                config.delivery.max_pending_deliveries,
+            )),
         })
     }
 
@@ -208,6 +227,26 @@ impl<D: Dispatcher> Processor<D> {
             partition = source.partition, offset = source.offset,
             event_type = %event.event_type, matches = subs.len(), "event matched"
         );
+        // Memory is bounded in deliveries, not only in records: wait (in order; the semaphore
+        // is fair) until this event's deliveries fit in the budget. One that matches more than
+        // the whole budget takes all of it.
+        let wanted = subs.len().min(self.config.delivery.max_pending_deliveries) as u32;
+        let _budget = if wanted > 0 {
+            let permit = self
+                .pending
+                .clone()
+                .acquire_many_owned(wanted)
+                .await
+                .context("the delivery budget closed")?;
+            self.metrics.pending_deliveries.add(i64::from(wanted));
+            Some(PendingGuard {
+                _permit: permit,
+                metrics: &self.metrics,
+                n: wanted,
+            })
+        } else {
+            None
+        };
         self.dispatcher
             .dispatch_event(source, Arc::new(event), subs)
             .await

@@ -406,3 +406,132 @@ async fn endpoint_that_always_fails_gets_4_attempts_at_0_1_6_31_s_then_one_faile
     );
     running.stop().await;
 }
+
+/// Listeners that accept connections and never say a word (not even the TLS handshake): as many
+/// distinct hanging origins as wanted, without certificates. They live until the test ends.
+async fn tarpits(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+    }
+    ports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_number_of_hanging_origins_leave_healthy_deliveries_their_share() {
+    // 8 hanging origins × 8 connections each want 64 places in flight, twice the global 32.
+    // Endpoint permit first, global second used to let them take all 32 for the whole request
+    // timeout, and the healthy endpoint's waiting attempts were then shed as
+    // endpoint_saturated. Slow endpoints now share at most 25 % (8 places): an attempt
+    // unanswered for slow_request_ms marks its endpoint slow and goes on only within that share.
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let mut c = setup("slowshare", &receiver).await;
+    c.http.request_timeout_ms = 20_000;
+    c.http.connect_timeout_ms = 20_000;
+    c.delivery.max_in_flight = 32;
+    c.delivery.max_in_flight_per_endpoint = 8;
+    c.delivery.slow_request_ms = 300;
+    c.delivery.slow_share_percent = 25;
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    let ports = tarpits(8).await;
+    let mut subs = vec![sub(
+        "healthy",
+        &receiver.url("/ok"),
+        &["cashback.processed"],
+        None,
+        "s",
+        true,
+    )];
+    for (i, port) in ports.iter().enumerate() {
+        let url = url::Url::parse(&format!("https://127.0.0.1:{port}/hang")).unwrap();
+        subs.push(sub(
+            &format!("hang{i}"),
+            &url,
+            &["rewards.redeemed"],
+            Some(&format!("h{i}")),
+            "s",
+            true,
+        ));
+    }
+    // 16 hanging deliveries per origin first, then the healthy ones.
+    let mut events: Vec<_> = (0..128)
+        .map(|i| {
+            event(
+                "rewards.redeemed",
+                &format!("u{i}"),
+                Some(&format!("h{}", i % 8)),
+            )
+        })
+        .collect();
+    events.extend((0..300).map(|i| event("cashback.processed", &format!("f{i}"), None)));
+    let producer = testkit::producer();
+    testkit::produce_all(&producer, &c.topics.subscriptions, &subs).await;
+    testkit::produce_all(&producer, &c.topics.events, &events).await;
+    let metrics = Arc::new(Metrics::new());
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(run_processor(c.clone(), metrics.clone(), cancel.clone()));
+    // The most the slow endpoints held at once, sampled while the run lasts.
+    let peak = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let sampler = tokio::spawn({
+        let (metrics, peak) = (metrics.clone(), peak.clone());
+        async move {
+            loop {
+                peak.fetch_max(
+                    metrics.slow_in_flight.get(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let got = receiver.wait_for("/ok", 300, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    sampler.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let abandoned = metrics.slow_abandoned.get();
+    eprintln!(
+        "300 healthy deliveries beside 8 hanging origins took {took:?}; slow endpoints held at \
+         most {peak} places; {abandoned} hanging attempts given up"
+    );
+    assert_eq!(got.len(), 300);
+    assert!(
+        took < Duration::from_secs(10),
+        "healthy deliveries waited for the hanging origins' 20 s timeout: {took:?}"
+    );
+    assert!(
+        peak <= 8,
+        "slow endpoints held {peak} places, more than their share of 8"
+    );
+    assert!(
+        abandoned > 0,
+        "the hanging origins never filled their share"
+    );
+    cancel.cancel();
+    handle.await.unwrap().unwrap();
+    // Every healthy attempt was sent and succeeded: exactly one log record per healthy
+    // delivery, none shed as endpoint_saturated. (The whole log: the processor has stopped.)
+    let log: Vec<DeliveryLogRecord> =
+        testkit::read_topic(&c.topics.delivery_log, usize::MAX, Duration::from_secs(5))
+            .await
+            .iter()
+            .map(|m| serde_json::from_slice(rdkafka::Message::payload(m).unwrap()).unwrap())
+            .collect();
+    let healthy: Vec<_> = log
+        .iter()
+        .filter(|l| l.subscription_id == "healthy")
+        .collect();
+    let not_success: Vec<_> = healthy.iter().filter(|l| l.outcome != "success").collect();
+    assert!(
+        not_success.is_empty(),
+        "healthy attempts failed: {not_success:?}"
+    );
+    assert_eq!(healthy.len(), 300, "one attempt per healthy delivery");
+}

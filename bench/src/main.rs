@@ -55,6 +55,11 @@ enum Scenario {
     D,
     /// Scale: 100,000 subscriptions (load time, RSS), then a backlog of events.
     E,
+    /// Isolation at scale: as d-rate, with the hanging share spread over 32 hanging origins
+    /// beside the 16 healthy ones (more than the global budget if each took its full limit).
+    F,
+    /// Memory: events each matched by 20,000 `*` subscriptions (peak RSS).
+    G,
     All,
 }
 
@@ -104,6 +109,15 @@ struct Args {
     /// Share of the isolation runs' events that go to the hanging endpoint, in percent.
     #[arg(long, default_value_t = 10)]
     hang_percent: u64,
+    /// Hanging origins (distinct listeners) of the isolation-at-scale run (f).
+    #[arg(long, default_value_t = 32)]
+    hang_origins: u64,
+    /// Subscriptions (all `*`) every event of the memory run (g) matches [20000; smoke 2000].
+    #[arg(long)]
+    huge_fanout: Option<u64>,
+    /// Events of the memory run (g) [2000; smoke 5].
+    #[arg(long)]
+    huge_fanout_events: Option<u64>,
     /// `http.request_timeout_ms` of the isolation runs (how long a hanging attempt lasts); the
     /// product default. Below `delivery.endpoint_stall_ms` (2 s) a hanging endpoint is never
     /// seen as stalled: see docs/benchmarks.md.
@@ -202,9 +216,13 @@ enum Mix {
     Plain { clients: u64 },
     /// `rewards.points_awarded`, matched by every one of `subs` subscriptions.
     Fanout { subs: u64 },
-    /// Every `every`-th event is `rewards.redeemed`, which only the hanging subscription takes;
-    /// the others are as [`Mix::Plain`].
-    Isolation { every: u64, clients: u64 },
+    /// Every `every`-th event is `rewards.redeemed`, which only a hanging subscription takes
+    /// (with `hanging` > 1, the one of client `h<i>`, in turn); the others are as [`Mix::Plain`].
+    Isolation {
+        every: u64,
+        clients: u64,
+        hanging: u64,
+    },
     /// Event `n` matches exactly subscription `(n × 7919) mod subs` (by type and client).
     Scale { subs: u64 },
 }
@@ -220,8 +238,9 @@ impl Mix {
             ),
             Mix::Plain { .. } => ("rewards.points_awarded", None, 1),
             Mix::Fanout { subs } => ("rewards.points_awarded", None, subs),
-            Mix::Isolation { every, .. } if seq % every == every - 1 => {
-                ("rewards.redeemed", None, 0)
+            Mix::Isolation { every, hanging, .. } if seq % every == every - 1 => {
+                let client = (hanging > 1).then(|| format!("h{}", (seq / every) % hanging));
+                ("rewards.redeemed", client, 0)
             }
             Mix::Isolation { clients, .. } => Mix::Plain { clients }.event(seq),
             Mix::Scale { subs } => {
@@ -403,7 +422,11 @@ fn specs(args: &Args) -> Vec<RunSpec> {
             ),
             subs: subs(),
             plan: Plan::Backlog(events_a),
-            mix: Mix::Isolation { every, clients: k },
+            mix: Mix::Isolation {
+                every,
+                clients: k,
+                hanging: 1,
+            },
             request_timeout_ms: Some(args.hang_timeout_ms),
             deadline: isolation,
             ceiling: closed,
@@ -421,7 +444,11 @@ fn specs(args: &Args) -> Vec<RunSpec> {
                 rate: args.rate,
                 secs,
             },
-            mix: Mix::Isolation { every, clients: k },
+            mix: Mix::Isolation {
+                every,
+                clients: k,
+                hanging: 1,
+            },
             request_timeout_ms: Some(args.hang_timeout_ms),
             deadline: Duration::from_secs_f64(secs + 60.0),
             ceiling: ceiling::Mode::Open {
@@ -429,6 +456,61 @@ fn specs(args: &Args) -> Vec<RunSpec> {
                 secs,
             },
             target: "p99 ≤ 20 ms (as c)".into(),
+        });
+    }
+    if args.has(Scenario::F) {
+        let every = (100 / args.hang_percent.clamp(1, 100)).max(1);
+        let hanging = args.hang_origins.max(1);
+        let mut subs = plain_subs(k);
+        // One client-scoped subscription per hanging origin (sub n picks hanging listener
+        // n mod hang_origins).
+        subs.extend((0..hanging).map(|i| Sub {
+            n: 100_000 * hanging.div_ceil(100_000) + i,
+            event_types: vec!["rewards.redeemed"],
+            client_id: Some(format!("h{i}")),
+            hang: true,
+        }));
+        out.push(RunSpec {
+            id: "f",
+            title: format!(
+                "isolation at scale: {events_a} pre-produced events, 1 in {every} to one of {hanging} hanging origins ({} ms timeout), the rest as a over {k} healthy",
+                args.hang_timeout_ms
+            ),
+            subs,
+            plan: Plan::Backlog(events_a),
+            mix: Mix::Isolation {
+                every,
+                clients: k,
+                hanging,
+            },
+            request_timeout_ms: Some(args.hang_timeout_ms),
+            deadline: Duration::from_secs(args.pick(args.isolation_secs, 120, 30)),
+            ceiling: closed,
+            target: "≥ 90 % of a, no healthy attempt shed".into(),
+        });
+    }
+    if args.has(Scenario::G) {
+        let subs = args.pick(args.huge_fanout, 20_000, 2_000);
+        let n = args.pick(args.huge_fanout_events, 2_000, 5);
+        out.push(RunSpec {
+            id: "g",
+            title: format!(
+                "memory: {n} pre-produced events × {subs} `*` subscriptions over {k} endpoint(s)"
+            ),
+            subs: (0..subs)
+                .map(|n| Sub {
+                    n,
+                    event_types: vec!["*"],
+                    client_id: None,
+                    hang: false,
+                })
+                .collect(),
+            plan: Plan::Backlog(n),
+            mix: Mix::Fanout { subs },
+            request_timeout_ms: None,
+            deadline: Duration::from_secs(args.timeout_secs.max(n * subs / 2_000)),
+            ceiling: closed,
+            target: "complete, peak RSS < 500 MB".into(),
         });
     }
     if args.has(Scenario::E) {
@@ -831,7 +913,7 @@ fn judge(results: &mut [RunResult], smoke: bool) {
     for r in results.iter_mut() {
         let verdict = match r.id.as_str() {
             _ if smoke => "smoke: not judged".to_string(),
-            _ if !r.complete && r.id != "d-rate" => "INCOMPLETE".to_string(),
+            _ if !r.complete && r.id != "d-rate" && r.id != "f" => "INCOMPLETE".to_string(),
             "a" => met(r.window.rate >= 20_000.0),
             "b" => met(r.window.rate >= 25_000.0),
             "c" | "d-latency" => met(r.latency.p99 <= 20.0),
@@ -847,6 +929,20 @@ fn judge(results: &mut [RunResult], smoke: bool) {
                 }
                 _ => "n/a (run a too)".into(),
             },
+            "f" => match a_rate {
+                Some(a) if a > 0.0 => {
+                    let share = r.window.rate / a;
+                    let shed = healthy_not_success(r);
+                    r.notes.push(format!(
+                        "healthy rate is {:.0} % of a's {:.0}/s; {shed} healthy attempts not successful",
+                        share * 100.0,
+                        a
+                    ));
+                    met(share >= 0.9 && r.complete && shed == 0.0)
+                }
+                _ => "n/a (run a too)".into(),
+            },
+            "g" => met(r.rss_peak_mb.is_some_and(|m| m < 500.0)),
             "e" => {
                 let load = r.load_seconds_metric.unwrap_or(r.start_to_ready_secs);
                 met(load <= 5.0 && r.rss_peak_mb.is_some_and(|m| m <= 300.0))
@@ -863,6 +959,20 @@ fn judge(results: &mut [RunResult], smoke: bool) {
         }
         r.verdict = verdict;
     }
+}
+
+/// Attempts of the healthy deliveries (`rewards.points_awarded`) that did not succeed, from
+/// the processor's `webhooks_attempts_total`.
+fn healthy_not_success(r: &RunResult) -> f64 {
+    r.metrics
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("webhooks_attempts_total{")
+                && k.contains("\"rewards.points_awarded\"")
+                && !k.contains("outcome=\"success\"")
+        })
+        .map(|(_, v)| *v)
+        .sum()
 }
 
 fn met(ok: bool) -> String {
@@ -889,7 +999,12 @@ async fn main_async(args: Args) -> Result<bool> {
             bin.display()
         );
     }
-    let receiver = Receiver::start(args.endpoints.max(1), 1, args.alpn).await?;
+    let hanging = if args.has(Scenario::F) {
+        args.hang_origins.max(1) as usize
+    } else {
+        1
+    };
+    let receiver = Receiver::start(args.endpoints.max(1), hanging, args.alpn).await?;
     let ca_file = work_dir.join("ca.pem");
     std::fs::write(&ca_file, receiver.ca_pem())?;
     let producer =
@@ -933,7 +1048,7 @@ async fn main_async(args: Args) -> Result<bool> {
     judge(&mut results, bench.args.smoke);
     for r in &results {
         // d-rate may legitimately end before all healthy deliveries arrive: that is its finding.
-        if !r.complete && r.id != "d-rate" {
+        if !r.complete && r.id != "d-rate" && r.id != "f" {
             failed = true;
         }
         if r.duplicates > 0 || r.bad_signatures > 0 || r.unstamped > 0 {

@@ -188,9 +188,10 @@ impl Receiver {
         format!("https://127.0.0.1:{}/s/{n}", a.port())
     }
 
-    /// `https://127.0.0.1:PORT/s/<n>` on the first hanging listener.
+    /// `https://127.0.0.1:PORT/s/<n>` on hanging listener `n` mod their number.
     pub fn hanging_url(&self, n: u64) -> String {
-        let a = self.hanging.first().expect("a hanging listener");
+        assert!(!self.hanging.is_empty(), "a hanging listener");
+        let a = self.hanging[(n % self.hanging.len() as u64) as usize];
         format!("https://127.0.0.1:{}/s/{n}", a.port())
     }
 

@@ -42,7 +42,11 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     config: Config,
     global: Arc<Semaphore>,
-    endpoints: Mutex<HashMap<String, Arc<EndpointGate>>>,
+    /// The share of `global` that slow endpoints may hold together
+    /// (`delivery.slow_share_percent`); their attempts take one of these before a global one.
+    slow: Arc<Semaphore>,
+    slow_after: Duration,
+    endpoints: Gates,
     /// The largest task record written with its body; larger ones carry it by reference.
     max_task_bytes: usize,
     /// Reads source events again, for task bodies carried by reference.
@@ -72,10 +76,17 @@ impl Engine {
             metrics,
             config: config.clone(),
             global: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
-            endpoints: Mutex::new(HashMap::new()),
+            slow: Arc::new(Semaphore::new(slow_share(config))),
+            slow_after: Duration::from_millis(config.delivery.slow_request_ms),
+            endpoints: Gates::new(ENDPOINT_IDLE_EVICT),
             max_task_bytes: max_message_bytes(config).saturating_sub(RECORD_OVERHEAD_BYTES),
             sources: RecordFetcher::new(config),
         })
+    }
+
+    /// `delivery.max_in_flight`: more attempts than this cannot be on the wire at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.config.delivery.max_in_flight
     }
 
     /// The body of a task carried by reference, rebuilt from its source event (the same bytes
@@ -106,17 +117,29 @@ impl Engine {
         // `scheme://host[:port]` as written in the URL, which is its origin: subscription URLs
         // never carry credentials (refused at validation) and `url` drops a default port.
         let origin = &sub.url[..url::Position::AfterPort];
-        let mut map = self.endpoints.lock().expect("endpoint map poisoned");
-        if let Some(gate) = map.get(origin) {
-            return gate.clone();
+        let (gate, tracked) = self.endpoints.get(origin, || {
+            EndpointGate::new(
+                origin.to_string(),
+                self.config.delivery.max_in_flight_per_endpoint,
+                Duration::from_millis(self.config.delivery.endpoint_stall_ms),
+            )
+        });
+        if let Some(n) = tracked {
+            self.metrics.endpoints_tracked.set(n as i64);
         }
-        let gate = Arc::new(EndpointGate::new(
-            origin.to_string(),
-            self.config.delivery.max_in_flight_per_endpoint,
-            Duration::from_millis(self.config.delivery.endpoint_stall_ms),
-        ));
-        map.insert(origin.to_string(), gate.clone());
         gate
+    }
+
+    /// The result of an attempt that was not sent (nothing dialled), as `endpoint_saturated`.
+    fn not_sent(error: &str) -> AttemptResult {
+        AttemptResult {
+            outcome: Outcome::EndpointSaturated,
+            status: None,
+            error: Some(error.into()),
+            response_excerpt: None,
+            duration: Duration::ZERO,
+            retry_after: None,
+        }
     }
 
     /// Runs one attempt of `task` and produces its outputs; returns once they are acknowledged.
@@ -189,21 +212,31 @@ impl Engine {
                      fail as endpoint_saturated until one is"
                 );
             }
-            let result = AttemptResult {
-                outcome: Outcome::EndpointSaturated,
-                status: None,
-                error: Some(
-                    "endpoint stalled: every connection busy, none freed lately; not sent".into(),
-                ),
-                response_excerpt: None,
-                duration: Duration::ZERO,
-                retry_after: None,
-            };
+            let result = Self::not_sent(
+                "endpoint stalled: every connection busy, none freed lately; not sent",
+            );
             return self.record(task, result, now_ms()).await;
         };
         if gate.mark_stalled(false) {
             self.metrics.endpoint_stalled(false);
             info!(endpoint = %gate.origin, "endpoint no longer stalled");
+        }
+        // A slow endpoint's attempt first takes a place in the slow endpoints' share, waiting
+        // no longer than the stall time: however many endpoints hang, they hold at most that
+        // share of the global budget and the healthy ones keep the rest.
+        let mut slow_permit = None;
+        if gate.is_slow() {
+            let stall = Duration::from_millis(self.config.delivery.endpoint_stall_ms);
+            match tokio::time::timeout(stall, self.slow.clone().acquire_owned()).await {
+                Ok(Ok(p)) => slow_permit = Some(SlowPermit::new(p, &self.metrics)),
+                _ => {
+                    let result = Self::not_sent(
+                        "endpoint slow and the slow endpoints' share of the in-flight budget \
+                         (delivery.slow_share_percent) stayed full; not sent",
+                    );
+                    return self.record(task, result, now_ms()).await;
+                }
+            }
         }
         let _global_permit = self
             .global
@@ -211,22 +244,62 @@ impl Engine {
             .acquire_owned()
             .await
             .context("limit closed")?;
+        let _sending = gate.sending();
         self.metrics.in_flight.inc();
         let signature = sign(sub.secret.expose().as_bytes(), task.body.as_bytes());
         let attempted_at = now_ms();
-        let result = self
-            .client
-            .send(Request {
-                url: &sub.url,
-                body: task.body.to_bytes(),
-                signature: &signature,
-                delivery_id: &task.delivery_id,
-                attempt: task.attempt,
-            })
-            .await;
+        let started = Instant::now();
+        let send = self.client.send(Request {
+            url: &sub.url,
+            body: task.body.to_bytes(),
+            signature: &signature,
+            delivery_id: &task.delivery_id,
+            attempt: task.attempt,
+        });
+        let result = if slow_permit.is_some() {
+            send.await
+        } else {
+            tokio::pin!(send);
+            tokio::select! {
+                biased;
+                result = &mut send => result,
+                _ = tokio::time::sleep(self.slow_after) => {
+                    // Unanswered for `slow_request_ms`: the endpoint is slow. Go on within the
+                    // slow endpoints' share, or give up if they already hold all of it.
+                    gate.mark_slow(true);
+                    match self.slow.clone().try_acquire_owned() {
+                        Ok(p) => {
+                            slow_permit = Some(SlowPermit::new(p, &self.metrics));
+                            send.await
+                        }
+                        Err(_) => {
+                            self.metrics.slow_abandoned.inc();
+                            AttemptResult {
+                                outcome: Outcome::Timeout,
+                                status: None,
+                                error: Some(format!(
+                                    "no answer within {} ms (delivery.slow_request_ms) while slow \
+                                     endpoints held their whole share of the in-flight budget \
+                                     (delivery.slow_share_percent); given up",
+                                    self.slow_after.as_millis()
+                                )),
+                                response_excerpt: None,
+                                duration: started.elapsed(),
+                                retry_after: None,
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if result.duration < self.slow_after {
+            gate.mark_slow(false);
+        }
         self.metrics.in_flight.dec();
         gate.observe(result.duration);
+        drop(slow_permit);
         drop(_global_permit);
+        drop(_sending);
         drop(_endpoint_permit);
         self.metrics.attempt_duration(result.duration);
         self.record(task, result, attempted_at).await
@@ -392,6 +465,89 @@ impl Engine {
     }
 }
 
+/// How long an endpoint's state (its concurrency gate, recent latency, slow and stalled flags)
+/// is kept after its last attempt; partners come and go, and memory must not grow with every
+/// origin ever seen.
+pub const ENDPOINT_IDLE_EVICT: Duration = Duration::from_secs(600);
+
+/// The places in flight that slow endpoints may hold together: `delivery.slow_share_percent`
+/// of `delivery.max_in_flight`, at least one.
+pub fn slow_share(config: &Config) -> usize {
+    (config.delivery.max_in_flight * usize::from(config.delivery.slow_share_percent) / 100).max(1)
+}
+
+/// A place in the slow endpoints' share, counted in `webhooks_slow_in_flight` while held.
+struct SlowPermit<'a> {
+    _permit: OwnedSemaphorePermit,
+    metrics: &'a Metrics,
+}
+
+impl<'a> SlowPermit<'a> {
+    fn new(permit: OwnedSemaphorePermit, metrics: &'a Metrics) -> Self {
+        metrics.slow_in_flight.inc();
+        SlowPermit {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for SlowPermit<'_> {
+    fn drop(&mut self) {
+        self.metrics.slow_in_flight.dec();
+    }
+}
+
+/// The endpoint gates by origin. Gates nobody holds and unused for `idle` are dropped by a sweep
+/// that runs at most once per `idle / 4`, on lookups.
+struct Gates {
+    map: Mutex<HashMap<String, Arc<EndpointGate>>>,
+    idle: Duration,
+    epoch: Instant,
+    /// Milliseconds since `epoch` after which the next lookup sweeps.
+    next_sweep_ms: AtomicU64,
+}
+
+impl Gates {
+    fn new(idle: Duration) -> Self {
+        Gates {
+            map: Mutex::new(HashMap::new()),
+            idle,
+            epoch: Instant::now(),
+            next_sweep_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The gate of `origin`, made by `make` if there is none; with the number of gates kept
+    /// when that changed (a gate added or idle ones dropped).
+    fn get(
+        &self,
+        origin: &str,
+        make: impl FnOnce() -> EndpointGate,
+    ) -> (Arc<EndpointGate>, Option<usize>) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let mut map = self.map.lock().expect("endpoint map poisoned");
+        let mut changed = false;
+        if now >= self.next_sweep_ms.load(Ordering::Relaxed) {
+            let period = (self.idle / 4).as_millis() as u64;
+            self.next_sweep_ms
+                .store(now + period.max(1), Ordering::Relaxed);
+            let before = map.len();
+            map.retain(|_, gate| !gate.idle_for(self.idle));
+            changed = map.len() != before;
+        }
+        if let Some(gate) = map.get(origin) {
+            let gate = gate.clone();
+            gate.touch();
+            return (gate, changed.then_some(map.len()));
+        }
+        let gate = Arc::new(make());
+        gate.touch();
+        map.insert(origin.to_string(), gate.clone());
+        (gate, Some(map.len()))
+    }
+}
+
 /// The concurrency limit of one endpoint (URL origin) and what tells a busy endpoint from a
 /// stalled one: when it last let a request start, its recent request duration and its queue.
 struct EndpointGate {
@@ -415,7 +571,23 @@ struct EndpointGate {
     give_up: Notify,
     /// Whether a watchdog task is running for this gate (only while requests wait).
     watching: std::sync::atomic::AtomicBool,
+    /// Whether an attempt lately went unanswered for `delivery.slow_request_ms`.
+    slow: std::sync::atomic::AtomicBool,
+    /// Attempts past every limit, on the wire (the others holding a slot wait for a global or
+    /// slow-share place, which is no fault of this endpoint).
+    sending: AtomicU64,
+    /// Milliseconds since `epoch` at the last lookup of this gate.
+    last_used_ms: AtomicU64,
     epoch: Instant,
+}
+
+/// An attempt on the wire, counted in [`EndpointGate::sending`] until dropped.
+struct Sending<'a>(&'a EndpointGate);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl EndpointGate {
@@ -432,8 +604,40 @@ impl EndpointGate {
             waiting: AtomicU64::new(0),
             give_up: Notify::new(),
             watching: std::sync::atomic::AtomicBool::new(false),
+            slow: std::sync::atomic::AtomicBool::new(false),
+            sending: AtomicU64::new(0),
+            last_used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_used_ms.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// Nobody holds this gate (no attempt, waiter or watchdog) and it was not looked up for
+    /// `idle`.
+    fn idle_for(self: &Arc<Self>, idle: Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Arc::strong_count(self) == 1
+            && now.saturating_sub(self.last_used_ms.load(Ordering::Acquire))
+                >= idle.as_millis() as u64
+    }
+
+    fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    fn mark_slow(&self, slow: bool) {
+        if self.slow.load(Ordering::Relaxed) != slow {
+            self.slow.store(slow, Ordering::Relaxed);
+        }
+    }
+
+    fn sending(&self) -> Sending<'_> {
+        self.sending.fetch_add(1, Ordering::AcqRel);
+        Sending(self)
     }
 
     /// Records whether the endpoint is refusing attempts; true when that changed.
@@ -478,7 +682,9 @@ impl EndpointGate {
         let stall_us = self.stall.as_micros() as u64;
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         let idle_us = now_ms.saturating_sub(self.last_grant_ms.load(Ordering::Acquire)) * 1000;
-        if idle_us > stall_us {
+        // Only requests on the wire can hang: slots whose holders all wait for a global place
+        // are the global budget's queue, not this endpoint's stall.
+        if idle_us > stall_us && self.sending.load(Ordering::Acquire) > 0 {
             return true;
         }
         let latency_us = self.latency_us.load(Ordering::Acquire);
@@ -561,8 +767,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         drop(first);
         assert!(waiter.await.unwrap(), "a busy endpoint is waited for");
-        // Now hold the slot past the stall time: waiters and newcomers are refused.
+        // Now hold the slot, on the wire, past the stall time: waiters and newcomers are refused.
         let held = gate.acquire().await.expect("free again");
+        let on_wire = gate.sending();
         let waiter = tokio::spawn({
             let gate = gate.clone();
             async move { gate.acquire().await.is_some() }
@@ -573,11 +780,51 @@ mod tests {
             "a waiter gives up once the endpoint stalls"
         );
         assert!(gate.acquire().await.is_none(), "newcomers fail at once");
+        drop(on_wire);
         drop(held);
         assert!(
             gate.acquire().await.is_some(),
             "a freed slot ends the stall"
         );
+    }
+
+    #[tokio::test]
+    async fn slots_waiting_for_a_global_place_are_not_a_stall() {
+        // The holder of the only slot waits for a global (or slow-share) place: nothing is on
+        // the wire, so however long that takes, the endpoint is queued, not stalled.
+        let stall = Duration::from_millis(100);
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall));
+        let held = gate.acquire().await.expect("a free connection");
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire().await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!gate.stalled(), "nothing on the wire: not stalled");
+        assert!(!waiter.is_finished(), "the waiter keeps its place");
+        drop(held);
+        assert!(waiter.await.unwrap(), "and gets the slot");
+    }
+
+    #[test]
+    fn idle_endpoint_state_is_forgotten() {
+        let make = || EndpointGate::new("https://a".into(), 1, Duration::from_secs(2));
+        let gates = Gates::new(Duration::from_millis(40));
+        let (a, n) = gates.get("https://a", make);
+        assert_eq!(n, Some(1));
+        let (b, n) = gates.get("https://b", make);
+        assert_eq!(n, Some(2));
+        drop(b);
+        std::thread::sleep(Duration::from_millis(60));
+        // The sweep on this lookup drops b (unused, nobody holds it), never a, still held.
+        let (_c, n) = gates.get("https://c", make);
+        assert_eq!(n, Some(2));
+        let map = gates.map.lock().unwrap();
+        assert!(map.contains_key("https://a") && map.contains_key("https://c"));
+        assert!(!map.contains_key("https://b"));
+        drop(map);
+        // A held gate is kept however long it is idle.
+        assert!(!a.idle_for(Duration::ZERO), "a is held here");
     }
 
     #[tokio::test]

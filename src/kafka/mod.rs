@@ -59,6 +59,11 @@ fn with_properties(mut c: ClientConfig, config: &Config) -> ClientConfig {
     c
 }
 
+/// `queue.buffering.max.kbytes` of the producer: 64 MiB of records waiting for the broker.
+pub const PRODUCER_QUEUE_KBYTES: &str = "65536";
+/// `queue.buffering.max.messages` of the producer.
+pub const PRODUCER_QUEUE_MESSAGES: &str = "100000";
+
 /// The producer of every output record: idempotent and `acks=all`, so an acknowledged record is
 /// durable and retried sends never duplicate within a session.
 pub fn producer(config: &Config) -> Result<FutureProducer> {
@@ -67,7 +72,12 @@ pub fn producer(config: &Config) -> Result<FutureProducer> {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("message.timeout.ms", "120000");
+        .set("message.timeout.ms", "120000")
+        // The local queue is bounded (librdkafka's default is 1 GiB): during a broker outage
+        // records wait in it, and a full queue makes sends wait (back-pressure on the input)
+        // instead of growing memory. `kafka.properties` may change both.
+        .set("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES)
+        .set("queue.buffering.max.messages", PRODUCER_QUEUE_MESSAGES);
     create(with_properties(c, config), "producer")
 }
 
