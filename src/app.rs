@@ -99,7 +99,7 @@ pub async fn run_pipeline<D: Dispatcher>(
             // process that answers /readyz while a loop is gone.
             let result = match AssertUnwindSafe(fut).catch_unwind().await {
                 Ok(result) => result,
-                Err(panic) => Err(anyhow!("panicked: {}", panic_text(&panic))),
+                Err(panic) => Err(anyhow!("panicked: {}", panic_text(panic.as_ref()))),
             };
             if let Err(e) = result {
                 let _ = err_tx.send(e.context(format!("task {name} failed")));

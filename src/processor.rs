@@ -62,6 +62,18 @@ pub struct Processor<D> {
     pending: Arc<tokio::sync::Semaphore>,
 }
 
+/// Debug builds only (tests; release builds have no such hook): an event whose type equals the
+/// environment variable `MGPASS_DEBUG_PANIC_ON_EVENT_TYPE` makes its record handling panic, a
+/// bug injected into the real binary.
+#[cfg(debug_assertions)]
+fn panic_if_injected(event_type: &str) {
+    static TYPE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let injected = TYPE.get_or_init(|| std::env::var("MGPASS_DEBUG_PANIC_ON_EVENT_TYPE").ok());
+    if injected.as_deref() == Some(event_type) {
+        panic!("injected panic (MGPASS_DEBUG_PANIC_ON_EVENT_TYPE={event_type})");
+    }
+}
+
 /// An event's share of `delivery.max_pending_deliveries`, returned (and un-counted) on drop.
 struct PendingGuard<'a> {
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -203,6 +215,8 @@ impl<D: Dispatcher> Processor<D> {
             Ok(e) => e,
             Err(invalid) => return self.dead_letter(m, &source, &invalid).await,
         };
+        #[cfg(debug_assertions)]
+        panic_if_injected(&event.event_type);
         let inexact: usize = event.data.values().map(crate::body::inexact_numbers).sum();
         if inexact > 0 {
             self.metrics.inexact_numbers.inc_by(inexact as u64);

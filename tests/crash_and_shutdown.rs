@@ -14,6 +14,15 @@ use testkit::receiver::{Behaviour, Receiver};
 
 /// Starts `mgpass-webhooks run` with the test's topics, group and the receiver's CA.
 fn spawn(c: &Config, receiver: &Receiver, extra: &[&str]) -> Processor {
+    spawn_with_env(c, receiver, extra, &[])
+}
+
+fn spawn_with_env(
+    c: &Config,
+    receiver: &Receiver,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Processor {
     let mut c = c.clone();
     c.admin.listen = "127.0.0.1:0".into();
     c.http.request_timeout_ms = 5000;
@@ -21,6 +30,10 @@ fn spawn(c: &Config, receiver: &Receiver, extra: &[&str]) -> Processor {
     let options = Options {
         sets: extra.iter().map(|s| s.to_string()).collect(),
         rust_log: Some("warn".into()),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Options::default()
     };
     Processor::spawn(
@@ -252,4 +265,56 @@ async fn a_second_signal_exits_at_once() {
     let status = wait_exit(&mut child, Duration::from_secs(5)).await;
     assert!(asked.elapsed() < Duration::from_secs(3));
     assert_eq!(status.code(), Some(130));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_panic_makes_the_binary_exit_non_zero_promptly_and_loses_nothing() {
+    // A bug in record handling (the debug build's hook panics on one event type) must stop the
+    // whole process with a failure status, never leave a zombie answering /readyz while
+    // nothing consumes; the record is not committed, so a restart delivers it.
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let c = testkit::config("panicbin");
+    testkit::setup_topics(&c).await;
+    let producer = testkit::producer();
+    testkit::produce_all(
+        &producer,
+        &c.topics.subscriptions,
+        &[sub("all", &receiver.url("/all"), "s")],
+    )
+    .await;
+    testkit::produce_all(
+        &producer,
+        &c.topics.events,
+        &[(
+            Some("u1".into()),
+            Some(testkit::event_json("test.panic", "u1")),
+        )],
+    )
+    .await;
+    let started = Instant::now();
+    let mut child = spawn_with_env(
+        &c,
+        &receiver,
+        &[],
+        &[("MGPASS_DEBUG_PANIC_ON_EVENT_TYPE", "test.panic")],
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    eprintln!("exited with {status} {took:?} after start (table load included)");
+    assert!(!status.success(), "a panic must fail the process: {status}");
+    assert!(status.code().is_some(), "an exit, not a signal: {status}");
+    assert!(took < Duration::from_secs(30), "not prompt: {took:?}");
+    assert!(receiver.received().is_empty(), "nothing was delivered");
+    // Without the hook the same record is delivered: it was never committed.
+    let mut again = spawn(&c, &receiver, &[]);
+    let got = receiver.wait_for("/all", 1, Duration::from_secs(60)).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the record that panicked is delivered after a restart"
+    );
+    signal(&again, "-TERM");
+    assert!(wait_exit(&mut again, Duration::from_secs(25))
+        .await
+        .success());
 }

@@ -282,5 +282,9 @@ async fn a_panic_in_record_handling_stops_the_pipeline_with_an_error() {
     let err = result.expect_err("a panic is an error, never a zombie");
     let text = format!("{err:#}");
     assert!(text.contains("panicked"), "{text}");
+    assert!(
+        text.contains("injected panic"),
+        "the panic's own message: {text}"
+    );
     assert!(cancel.is_cancelled(), "every task was cancelled");
 }

@@ -697,6 +697,7 @@ impl Bench {
                 log: Some(self.work_dir.join(format!("{}.processor.log", spec.id))),
                 rust_log: None,
                 config_file: Some(config_file.to_path_buf()),
+                env: Vec::new(),
             },
         )?;
         let pid = proc.pid();

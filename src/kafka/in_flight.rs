@@ -100,7 +100,10 @@ impl InFlight {
         self.tasks.spawn(async move {
             let result = match AssertUnwindSafe(work).catch_unwind().await {
                 Ok(result) => result,
-                Err(panic) => Err(anyhow!("record handling panicked: {}", panic_text(&panic))),
+                Err(panic) => Err(anyhow!(
+                    "record handling panicked: {}",
+                    panic_text(panic.as_ref())
+                )),
             };
             match result {
                 Ok(()) => {

@@ -23,6 +23,9 @@ pub struct Options {
     pub rust_log: Option<String>,
     /// Where to write the config file; a temporary file when `None`.
     pub config_file: Option<PathBuf>,
+    /// Extra environment variables of the process (set after the `MGPASS_*` of the test's own
+    /// environment are removed), e.g. a debug build's test hooks.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Processor {
@@ -125,6 +128,7 @@ impl Processor {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         match &options.rust_log {
             Some(filter) => cmd.env("RUST_LOG", filter),
             None => cmd.env_remove("RUST_LOG"),
