@@ -221,18 +221,19 @@ impl Engine {
             self.metrics.endpoint_stalled(false);
             info!(endpoint = %gate.origin, "endpoint no longer stalled");
         }
-        // A slow endpoint's attempt first takes a place in the slow endpoints' share, waiting
-        // no longer than the stall time: however many endpoints hang, they hold at most that
-        // share of the global budget and the healthy ones keep the rest.
+        // A slow endpoint's attempt first takes a place in the slow endpoints' share, or is not
+        // sent at all when the share is full: however many endpoints hang, they hold at most
+        // that share of the global budget, the healthy ones keep the rest, and no record waits
+        // behind a hanging endpoint (a wait here would hold its record, and its endpoint slot,
+        // for as long as the hanging requests last).
         let mut slow_permit = None;
         if gate.is_slow() {
-            let stall = Duration::from_millis(self.config.delivery.endpoint_stall_ms);
-            match tokio::time::timeout(stall, self.slow.clone().acquire_owned()).await {
-                Ok(Ok(p)) => slow_permit = Some(SlowPermit::new(p, &self.metrics)),
-                _ => {
+            match self.slow.clone().try_acquire_owned() {
+                Ok(p) => slow_permit = Some(SlowPermit::new(p, &self.metrics)),
+                Err(_) => {
                     let result = Self::not_sent(
                         "endpoint slow and the slow endpoints' share of the in-flight budget \
-                         (delivery.slow_share_percent) stayed full; not sent",
+                         (delivery.slow_share_percent) is full; not sent",
                     );
                     return self.record(task, result, now_ms()).await;
                 }
