@@ -78,7 +78,13 @@ impl Dispatcher for Engine {
         // At most `delivery.max_in_flight` attempts of one event are started at once (no more
         // can be on the wire anyway), so an event matched by thousands of subscriptions does
         // not hold thousands of attempt states.
-        let tasks = first_tasks(&source, &event, &subscriptions);
+        let mut tasks = first_tasks(&source, &event, &subscriptions);
+        if tasks.len() <= 1 {
+            return match tasks.pop() {
+                Some(t) => self.attempt(t).await,
+                None => Ok(()),
+            };
+        }
         futures::stream::iter(tasks)
             .map(|t| self.attempt(t))
             .buffer_unordered(self.max_in_flight())
