@@ -17,6 +17,7 @@
 //! | Kafka plumbing | [`kafka`] | clients, rebalance listener, offset tracking, in-flight bookkeeping, consumer lag from statistics |
 //! | state | [`subscriptions`] | subscription records, their validation, the table and its loader |
 //! | pure | [`events`] | decoding rewards events from Kafka records |
+//! | | [`avro`] | Confluent-framed Avro: the registry client, event decoding, the Avro → JSON mapping, our records in Avro |
 //! | | [`matching`] | the rule deciding which subscriptions receive an event |
 //! | | [`body`] | the canonical (JavaScript fixed-point) webhook body |
 //! | | [`signing`] | the HMAC-SHA256 signature header and the guide's check |
@@ -28,6 +29,7 @@
 
 pub mod admin_server;
 pub mod app;
+pub mod avro;
 pub mod body;
 pub mod commands;
 pub mod config;
