@@ -6,7 +6,9 @@
 //! Guarantees: no event is matched before the subscription table is fully loaded; a record's
 //! offset is stored for commit only after its outputs are acknowledged by Kafka (the invalid
 //! record, or whatever the dispatcher produces), so a crash replays it rather than losing it;
-//! bad input never stops the loop.
+//! bad input never stops the loop. Events are JSON or Confluent-framed Avro, mixed on one topic
+//! ([`EventDecoder`]); a schema registry that cannot answer is not bad input: the record waits
+//! for it (its offset held, nothing sent to the invalid topic) while the others go on.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +25,8 @@ use tracing::{debug, info, warn};
 use crate::admin_server::Health;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::events::{InvalidEvent, RewardsEvent};
+use crate::avro::EventDecoder;
+use crate::events::InvalidEvent;
 use crate::kafka::consumer::{revoke, RebalanceContext, RebalanceEvent};
 use crate::kafka::in_flight::InFlight;
 use crate::kafka::produce::{max_message_bytes, produce, Output, RECORD_OVERHEAD_BYTES};
@@ -57,6 +60,8 @@ pub struct Processor<D> {
     dispatcher: Arc<D>,
     /// The producer's limit for one record.
     max_record_bytes: usize,
+    /// JSON and Avro events, Avro schemas from the registry.
+    decoder: EventDecoder,
 }
 
 impl<D: Dispatcher> Processor<D> {
@@ -87,6 +92,7 @@ impl<D: Dispatcher> Processor<D> {
             health,
             dispatcher,
             max_record_bytes: max_message_bytes(config),
+            decoder: EventDecoder::new(&config.registry)?,
         })
     }
 
@@ -178,7 +184,10 @@ impl<D: Dispatcher> Processor<D> {
                 self.config.delivery.max_event_bytes,
             ))
         } else {
-            RewardsEvent::decode(m.payload())
+            // A registry outage is waited out here, holding this record's offset.
+            self.decoder
+                .decode_waiting(m.payload(), &self.metrics)
+                .await
         };
         let event = match decoded {
             Ok(e) => e,

@@ -13,11 +13,13 @@
 //! bytes — as its JSON twin, and decoding the same bytes again gives the same event (the body
 //! of a task carried by reference is rebuilt that way).
 
+pub mod encode;
 pub mod json;
 pub mod records;
 pub mod registry;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use apache_avro::schema::{ResolvedSchema, Schema};
 use serde_json::Value;
@@ -262,6 +264,31 @@ impl EventDecoder {
         self.registry.as_ref()
     }
 
+    /// [`EventDecoder::decode`], waiting while the registry is unavailable (backoff 200 ms
+    /// doubling to 5 s), counted in `webhooks_registry_unavailable_total` and shown in
+    /// `webhooks_registry_waiting_records` (the registry client logs it, rate-limited). Only
+    /// bad input comes back as an error; the record is never given up for an outage.
+    pub async fn decode_waiting(
+        &self,
+        value: Option<&[u8]>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<RewardsEvent, InvalidEvent> {
+        let mut backoff = Duration::from_millis(200);
+        let mut waiting: Option<WaitingGuard<'_>> = None;
+        loop {
+            match self.decode(value).await {
+                Ok(event) => return Ok(event),
+                Err(DecodeError::Invalid(e)) => return Err(e),
+                Err(DecodeError::Unavailable(_)) => {
+                    metrics.registry_unavailable.inc();
+                    waiting.get_or_insert_with(|| WaitingGuard::new(&metrics.registry_waiting));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     /// Decodes one record value.
     pub async fn decode(&self, value: Option<&[u8]>) -> Result<RewardsEvent, DecodeError> {
         let bytes = match value {
@@ -284,6 +311,22 @@ impl EventDecoder {
             )
         })?;
         Ok(event_from_datum(&schema.schema, datum)?)
+    }
+}
+
+/// Counts one record in `webhooks_registry_waiting_records` while it lives.
+struct WaitingGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> WaitingGuard<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        WaitingGuard(gauge)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -123,27 +123,36 @@ pub async fn decode_record<T: DeserializeOwned>(
     })
 }
 
-/// [`decode_record`], waiting while the registry does not answer (bounded tools: up to
-/// `patience`, then the error).
+/// [`decode_record`], waiting while the registry does not answer, for bounded tools: the
+/// inner error is an undecodable record (reported and passed over); the outer one a registry
+/// still unavailable after `patience` (the job fails rather than skip records it could read).
 pub async fn decode_record_waiting<T: DeserializeOwned>(
     registry: Option<&Registry>,
     value: &[u8],
     patience: Duration,
-) -> Result<T, String> {
+) -> anyhow::Result<Result<T, String>> {
     let start = std::time::Instant::now();
     let mut backoff = Duration::from_millis(200);
     loop {
         match decode_record(registry, value).await {
-            Ok(v) => return Ok(v),
-            Err(DecodeError::Unavailable(e)) if start.elapsed() < patience => {
-                warn!(error = %e, "schema registry unavailable; trying again");
+            Ok(v) => return Ok(Ok(v)),
+            Err(DecodeError::Invalid(e)) => return Ok(Err(e.to_string())),
+            Err(DecodeError::Unavailable(e)) => {
+                if start.elapsed() >= patience {
+                    anyhow::bail!(
+                        "the schema registry did not answer for {} s: {e}",
+                        patience.as_secs()
+                    );
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(e.to_string()),
         }
     }
 }
+
+/// How long a bounded tool waits for an unavailable registry before it fails.
+pub const TOOL_PATIENCE: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
