@@ -469,3 +469,29 @@ async fn produce_sample_format_avro_registers_by_either_strategy_and_decodes() {
         assert_eq!(e.data["new_tier"], "gold");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_avro_event_retried_by_reference_is_rebuilt_from_avro_with_the_same_body() {
+    let (c, receiver) = setup("avro-big", registry_url().await, "/hook").await;
+    receiver.set_behaviour("/hook", Behaviour::Sequence(vec![500]));
+    let id = registry(&c)
+        .register(&format!("{}-value", c.topics.events), REWARDS_EVENT_SCHEMA)
+        .await
+        .unwrap();
+    // 400,000 quotes: about 800 KB of JSON text in the event's generic data branch, 1.6 MB
+    // once escaped again into a task record, which therefore carries the body by reference.
+    let mut e = twin("rewards.redeemed", "usr_big");
+    e["data"] = serde_json::json!({"user_id": "usr_big", "note": "\"".repeat(400_000)});
+    let value = avro_value(&e, id, REWARDS_EVENT_SCHEMA);
+    assert!((800_000..1_000_000).contains(&value.len()), "{}", value.len());
+    testkit::produce_all(&testkit::producer(), &c.topics.events, &[keyed("usr_big", value)]).await;
+    let running = start(&c);
+    let got = receiver.wait_for("/hook", 2, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 2, "attempt 1 failed with 500, attempt 2 delivered");
+    assert_eq!(got[0].body, got[1].body, "the retry rebuilt the same bytes from the Avro source");
+    assert!(got.iter().all(|r| r.signature_valid == Some(true)));
+    let retries = testkit::read_topic(&c.topics.retry_1s, 1, Duration::from_secs(30)).await;
+    let task: DeliveryTask = serde_json::from_slice(retries[0].payload().unwrap()).unwrap();
+    assert!(task.body_by_reference && task.body.is_empty(), "{task:?}");
+    running.stop().await;
+}
