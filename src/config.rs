@@ -951,7 +951,10 @@ mod tests {
         let c = Config::load(
             None,
             env(&[
-                ("MGPASS_REGISTRY__URL", "http://127.0.0.1:8081/apis/ccompat/v7"),
+                (
+                    "MGPASS_REGISTRY__URL",
+                    "http://127.0.0.1:8081/apis/ccompat/v7",
+                ),
                 ("MGPASS_REGISTRY__USERNAME", "sr-user"),
                 ("MGPASS_REGISTRY__PASSWORD", "sr-pass-in-env"),
                 ("MGPASS_REGISTRY__OUTPUT_FORMAT", "avro"),
@@ -998,7 +1001,10 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("registry.url: put credentials"), "{err}");
+        assert!(
+            err.to_string().contains("registry.url: put credentials"),
+            "{err}"
+        );
         let err = Config::load(
             None,
             env(&[("MGPASS_REGISTRY__OUTPUT_FORMAT", "avro")]),

@@ -252,7 +252,10 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
                 let event = commands::sample_event(&event_type, &user_id, client_id.as_deref());
                 let bytes = if format == "avro" {
                     let (bytes, id) = commands::avro_event(&config, &subject, &event).await?;
-                    eprintln!("avro: schema id {id}, subject {subject}, {} bytes", bytes.len());
+                    eprintln!(
+                        "avro: schema id {id}, subject {subject}, {} bytes",
+                        bytes.len()
+                    );
                     bytes
                 } else {
                     serde_json::to_vec(&event)?

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admin_server::Health;
+use crate::avro::EventDecoder;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::avro::EventDecoder;
 use crate::events::InvalidEvent;
 use crate::kafka::consumer::{revoke, RebalanceContext, RebalanceEvent};
 use crate::kafka::in_flight::InFlight;

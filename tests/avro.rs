@@ -167,7 +167,11 @@ async fn every_known_event_type_in_avro_gives_its_json_twins_body_verified_in_no
     let got = receiver
         .wait_for("/hook", events.len(), Duration::from_secs(60))
         .await;
-    assert_eq!(got.len(), events.len(), "every JSON and Avro event delivered");
+    assert_eq!(
+        got.len(),
+        events.len(),
+        "every JSON and Avro event delivered"
+    );
     let mut by_type: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     let mut node_cases = Vec::new();
     for r in &got {
@@ -185,7 +189,10 @@ async fn every_known_event_type_in_avro_gives_its_json_twins_body_verified_in_no
     }
     for (t, bodies) in &by_type {
         assert_eq!(bodies.len(), 2, "{t}: its JSON and its Avro event");
-        assert_eq!(bodies[0], bodies[1], "{t}: the same body bytes in both forms");
+        assert_eq!(
+            bodies[0], bodies[1],
+            "{t}: the same body bytes in both forms"
+        );
         let e = RewardsEvent::decode(Some(&serde_json::to_vec(&twins[t]).unwrap())).unwrap();
         assert_eq!(
             bodies[0],
@@ -220,7 +227,10 @@ async fn bad_avro_goes_to_the_invalid_topic_with_its_reason_and_good_events_flow
     trailing.extend_from_slice(b"\x00junk");
     let other_datum =
         apache_avro::to_avro_datum(&apache_avro::Schema::parse_str(other).unwrap(), {
-            apache_avro::types::Value::Record(vec![("x".into(), apache_avro::types::Value::Long(7))])
+            apache_avro::types::Value::Record(vec![(
+                "x".into(),
+                apache_avro::types::Value::Long(7),
+            )])
         })
         .unwrap();
     let bad: Vec<(&str, Vec<u8>)> = vec![
@@ -250,7 +260,11 @@ async fn bad_avro_goes_to_the_invalid_topic_with_its_reason_and_good_events_flow
             .map(|v| String::from_utf8(v.to_vec()).unwrap())
             .unwrap();
         let i: usize = key.strip_prefix("bad-").unwrap().parse().unwrap();
-        assert_eq!(m.payload().unwrap(), &bad[i].1[..], "the original bytes are kept");
+        assert_eq!(
+            m.payload().unwrap(),
+            &bad[i].1[..],
+            "the original bytes are kept"
+        );
         reasons.insert(i, reason);
     }
     let expected: BTreeMap<usize, String> = bad
@@ -265,7 +279,9 @@ async fn bad_avro_goes_to_the_invalid_topic_with_its_reason_and_good_events_flow
     let text = running.metrics.render();
     for (reason, _) in &bad {
         assert!(
-            text.contains(&format!("webhooks_invalid_events_total{{reason=\"{reason}\"}} ")),
+            text.contains(&format!(
+                "webhooks_invalid_events_total{{reason=\"{reason}\"}} "
+            )),
             "{reason} counted"
         );
     }
@@ -334,9 +350,17 @@ async fn a_registry_stopped_mid_run_and_started_again_loses_nothing_and_invalida
     while running.metrics.registry_waiting.get() < 10 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(running.metrics.registry_waiting.get(), 10, "schema-B events wait");
+    assert_eq!(
+        running.metrics.registry_waiting.get(),
+        10,
+        "schema-B events wait"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(receiver.received_on("/hook").len(), 15, "nothing of B sent yet");
+    assert_eq!(
+        receiver.received_on("/hook").len(),
+        15,
+        "nothing of B sent yet"
+    );
     assert!(running.metrics.registry_unavailable.get() >= 10);
     let invalid = testkit::read_topic(&c.topics.invalid, 1, Duration::from_secs(1)).await;
     assert!(invalid.is_empty(), "an outage is not bad input");
@@ -344,9 +368,19 @@ async fn a_registry_stopped_mid_run_and_started_again_loses_nothing_and_invalida
     own.restart().unwrap();
     // In-memory storage: register the schemas again, in the same order, to the same ids (a
     // production registry keeps them).
-    assert_eq!(register_both().await, (id_a, id_b), "same content ids again");
-    let got = receiver.wait_for("/hook", 25, Duration::from_secs(60)).await;
-    assert_eq!(got.len(), 25, "every event delivered after the registry came back");
+    assert_eq!(
+        register_both().await,
+        (id_a, id_b),
+        "same content ids again"
+    );
+    let got = receiver
+        .wait_for("/hook", 25, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        got.len(),
+        25,
+        "every event delivered after the registry came back"
+    );
     let users: std::collections::BTreeSet<String> = got
         .iter()
         .map(|r| {
@@ -409,7 +443,10 @@ async fn avro_delivery_log_and_failed_records_read_back_with_the_registered_sche
     let expected = RewardsEvent::decode(Some(&serde_json::to_vec(&e).unwrap())).unwrap();
     let body = build_body(&expected.event_type, &expected.data, &expected.timestamp);
     for m in &failed {
-        assert!(avro::is_framed(m.payload().unwrap()), "failed records are Avro");
+        assert!(
+            avro::is_framed(m.payload().unwrap()),
+            "failed records are Avro"
+        );
         let t: DeliveryTask = avro::records::decode_record(Some(&reg), m.payload().unwrap())
             .await
             .unwrap();
@@ -423,15 +460,19 @@ async fn avro_delivery_log_and_failed_records_read_back_with_the_registered_sche
     }
     running.stop().await;
     // The operator tools read them: `deliveries show` and `failed list` / the replay job.
-    let (records, _) =
-        mgpass_webhooks::ops::failed::delivery_attempts(&c, &attempts[0].0, None)
-            .await
-            .unwrap();
+    let (records, _) = mgpass_webhooks::ops::failed::delivery_attempts(&c, &attempts[0].0, None)
+        .await
+        .unwrap();
     assert_eq!(records.len(), 4);
     let read = mgpass_webhooks::ops::failed::read_failed(&c, &Default::default())
         .await
         .unwrap();
-    assert_eq!(read.selected.len(), 2, "undecodable: {:?}", read.undecodable);
+    assert_eq!(
+        read.selected.len(),
+        2,
+        "undecodable: {:?}",
+        read.undecodable
+    );
     assert!(read.undecodable.is_empty());
 }
 
@@ -455,7 +496,11 @@ async fn produce_sample_format_avro_registers_by_either_strategy_and_decodes() {
             .args(["--subject-strategy", strategy])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let subjects = testkit::registry::subjects(&url).await.unwrap();
         assert!(subjects.contains(&subject), "{subject} in {subjects:?}");
     }
@@ -483,12 +528,28 @@ async fn a_big_avro_event_retried_by_reference_is_rebuilt_from_avro_with_the_sam
     let mut e = twin("rewards.redeemed", "usr_big");
     e["data"] = serde_json::json!({"user_id": "usr_big", "note": "\"".repeat(400_000)});
     let value = avro_value(&e, id, REWARDS_EVENT_SCHEMA);
-    assert!((800_000..1_000_000).contains(&value.len()), "{}", value.len());
-    testkit::produce_all(&testkit::producer(), &c.topics.events, &[keyed("usr_big", value)]).await;
+    assert!(
+        (800_000..1_000_000).contains(&value.len()),
+        "{}",
+        value.len()
+    );
+    testkit::produce_all(
+        &testkit::producer(),
+        &c.topics.events,
+        &[keyed("usr_big", value)],
+    )
+    .await;
     let running = start(&c);
     let got = receiver.wait_for("/hook", 2, Duration::from_secs(60)).await;
-    assert_eq!(got.len(), 2, "attempt 1 failed with 500, attempt 2 delivered");
-    assert_eq!(got[0].body, got[1].body, "the retry rebuilt the same bytes from the Avro source");
+    assert_eq!(
+        got.len(),
+        2,
+        "attempt 1 failed with 500, attempt 2 delivered"
+    );
+    assert_eq!(
+        got[0].body, got[1].body,
+        "the retry rebuilt the same bytes from the Avro source"
+    );
     assert!(got.iter().all(|r| r.signature_valid == Some(true)));
     let retries = testkit::read_topic(&c.topics.retry_1s, 1, Duration::from_secs(30)).await;
     let task: DeliveryTask = serde_json::from_slice(retries[0].payload().unwrap()).unwrap();

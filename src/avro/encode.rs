@@ -85,9 +85,11 @@ pub fn to_avro(value: &Value, schema: &Schema, names: &NamesRef<'_>) -> Result<A
     Ok(match (schema, value) {
         (Schema::Null, Value::Null) => Avro::Null,
         (Schema::Boolean, Value::Bool(b)) => Avro::Boolean(*b),
-        (Schema::Int, Value::Number(n)) => {
-            Avro::Int(n.as_i64().and_then(|i| i32::try_from(i).ok()).ok_or_else(mismatch)?)
-        }
+        (Schema::Int, Value::Number(n)) => Avro::Int(
+            n.as_i64()
+                .and_then(|i| i32::try_from(i).ok())
+                .ok_or_else(mismatch)?,
+        ),
         (Schema::Long, Value::Number(n)) => Avro::Long(n.as_i64().ok_or_else(mismatch)?),
         (Schema::Double, Value::Number(n)) => Avro::Double(n.as_f64().ok_or_else(mismatch)?),
         (Schema::Float, Value::Number(n)) => Avro::Float(n.as_f64().ok_or_else(mismatch)? as f32),
@@ -115,7 +117,10 @@ pub fn to_avro(value: &Value, schema: &Schema, names: &NamesRef<'_>) -> Result<A
                 .collect::<Result<_, String>>()?,
         ),
         (Schema::Record(r), Value::Object(entries)) => {
-            if let Some(extra) = entries.keys().find(|k| !r.fields.iter().any(|f| &f.name == *k)) {
+            if let Some(extra) = entries
+                .keys()
+                .find(|k| !r.fields.iter().any(|f| &f.name == *k))
+            {
                 return Err(format!("{} has no field {extra}", r.name));
             }
             let mut fields = Vec::with_capacity(r.fields.len());
@@ -165,7 +170,9 @@ mod tests {
         for (i, event_type) in KNOWN_EVENT_TYPES.iter().enumerate() {
             let json = crate::commands::sample_event(event_type, "usr_1", Some("app"));
             let avro = event_to_avro(&json, &schema).unwrap();
-            let Avro::Record(fields) = &avro else { panic!() };
+            let Avro::Record(fields) = &avro else {
+                panic!()
+            };
             assert!(
                 matches!(&fields[1].1, Avro::Union(b, _) if *b as usize == i),
                 "{event_type} uses its own record"

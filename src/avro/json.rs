@@ -101,7 +101,9 @@ fn map(
         Avro::Date(days) => {
             let date = NaiveDate::from_ymd_opt(1970, 1, 1)
                 .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days((*days).into())))
-                .ok_or_else(|| MappingError(format!("date {days} days from 1970 is out of range")))?;
+                .ok_or_else(|| {
+                    MappingError(format!("date {days} days from 1970 is out of range"))
+                })?;
             Value::String(date.format("%Y-%m-%d").to_string())
         }
         Avro::TimeMillis(ms) => time_of_day(i64::from(*ms) * 1_000)?,
@@ -164,7 +166,9 @@ fn map(
                     .and_then(|f| f.get(i).filter(|f| &f.name == name))
                     .or_else(|| field_schemas.and_then(|f| f.iter().find(|f| &f.name == name)))
                     .map(|f| &f.schema)
-                    .ok_or_else(|| MappingError(format!("record field {name} is not in the schema")))?;
+                    .ok_or_else(|| {
+                        MappingError(format!("record field {name} is not in the schema"))
+                    })?;
                 out.insert(name.clone(), map(v, field_schema, names, depth + 1)?);
             }
             Value::Object(out)
@@ -212,7 +216,9 @@ fn timestamp(value: i64, units_per_sec: i64, utc: bool) -> Result<Value, Mapping
     // Truncated to milliseconds, as JSON timestamps are.
     let nanos = nanos - nanos % 1_000_000;
     let t: DateTime<Utc> = DateTime::from_timestamp(secs, nanos).ok_or_else(|| {
-        MappingError(format!("timestamp {value} (1/{units_per_sec} s) is out of range"))
+        MappingError(format!(
+            "timestamp {value} (1/{units_per_sec} s) is out of range"
+        ))
     })?;
     let text = t.to_rfc3339_opts(SecondsFormat::Millis, true);
     Ok(Value::String(if utc {
@@ -324,9 +330,13 @@ mod tests {
             json(schema, value),
             r#"{"z":1,"a":{"x":5},"m":{"10":3,"a":1,"b":2},"l":[{"x":6}]}"#
         );
-        let nullable = r#"{"type":"record","name":"R","fields":[{"name":"a","type":["null","string"]}]}"#;
+        let nullable =
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":["null","string"]}]}"#;
         assert_eq!(
-            json(nullable, Avro::Record(vec![("a".into(), Avro::Union(0, Box::new(Avro::Null)))])),
+            json(
+                nullable,
+                Avro::Record(vec![("a".into(), Avro::Union(0, Box::new(Avro::Null)))])
+            ),
             r#"{"a":null}"#
         );
     }
@@ -347,7 +357,11 @@ mod tests {
             ("0", 2, "0.00"),
             ("5", 3, "0.005"),
             ("-5", 1, "-0.5"),
-            ("123456789012345678901234567890", 10, "12345678901234567890.1234567890"),
+            (
+                "123456789012345678901234567890",
+                10,
+                "12345678901234567890.1234567890",
+            ),
         ] {
             assert_eq!(decimal_string(digits, scale), expected);
         }

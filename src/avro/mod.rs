@@ -112,7 +112,10 @@ pub fn datum_to_json(schema: &Schema, datum: &[u8]) -> Result<Value, InvalidEven
         ));
     }
     let resolved = ResolvedSchema::try_from(schema).map_err(|e| {
-        InvalidEvent::new("avro_bad_schema", format!("the schema does not resolve: {e}"))
+        InvalidEvent::new(
+            "avro_bad_schema",
+            format!("the schema does not resolve: {e}"),
+        )
     })?;
     json::to_json(&value, schema, resolved.get_names())
         .map_err(|e| InvalidEvent::new("avro_bad_value", e.0))
@@ -400,7 +403,10 @@ mod tests {
         );
         let not_object = Avro::Union(11, Box::new(Avro::String("[1]".into())));
         let datum = apache_avro::to_avro_datum(&schema, points_awarded(Some(not_object))).unwrap();
-        assert_eq!(event_from_datum(&schema, &datum).unwrap_err().code, "bad_data");
+        assert_eq!(
+            event_from_datum(&schema, &datum).unwrap_err().code,
+            "bad_data"
+        );
     }
 
     #[test]

@@ -74,7 +74,11 @@ impl AvroOutput {
             .get_or_init(|| async {
                 let mut backoff = Duration::from_millis(200);
                 loop {
-                    match self.registry.register(&self.subject, self.schema_text).await {
+                    match self
+                        .registry
+                        .register(&self.subject, self.schema_text)
+                        .await
+                    {
                         Ok(id) => return id,
                         Err(e) => {
                             warn!(
@@ -103,8 +107,9 @@ pub async fn decode_record<T: DeserializeOwned>(
     value: &[u8],
 ) -> Result<T, DecodeError> {
     if !is_framed(value) {
-        return serde_json::from_slice(value)
-            .map_err(|e| DecodeError::Invalid(crate::events::InvalidEvent::new("bad_json", e.to_string())));
+        return serde_json::from_slice(value).map_err(|e| {
+            DecodeError::Invalid(crate::events::InvalidEvent::new("bad_json", e.to_string()))
+        });
     }
     let Some(registry) = registry else {
         return Err(DecodeError::Invalid(crate::events::InvalidEvent::new(
@@ -232,7 +237,10 @@ mod tests {
             },
         ] {
             let datum = encode(&schema, &record).unwrap();
-            assert_eq!(back::<DeliveryLogRecord>(DELIVERY_LOG_SCHEMA, &datum), record);
+            assert_eq!(
+                back::<DeliveryLogRecord>(DELIVERY_LOG_SCHEMA, &datum),
+                record
+            );
         }
     }
 

@@ -130,10 +130,7 @@ impl Registry {
             let pem = std::fs::read(path)
                 .with_context(|| format!("registry.ca_bundle: cannot read {}", path.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-                format!(
-                    "registry.ca_bundle: {} is not a PEM bundle",
-                    path.display()
-                )
+                format!("registry.ca_bundle: {} is not a PEM bundle", path.display())
             })?;
             anyhow::ensure!(
                 !certs.is_empty(),
@@ -268,7 +265,9 @@ impl Registry {
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("registering subject {subject:?}: {}", transport_error(&e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!("registering subject {subject:?}: {}", transport_error(&e))
+            })?;
         let status = resp.status();
         let bytes = resp.bytes().await.unwrap_or_default();
         if !status.is_success() {
@@ -284,10 +283,7 @@ impl Registry {
             let mut cache = self.cache.lock().expect("registry cache poisoned");
             cache.entry(id).or_default().clone()
         };
-        let _ = cell.set(Ok(Arc::new(RegisteredSchema {
-            id,
-            schema,
-        })));
+        let _ = cell.set(Ok(Arc::new(RegisteredSchema { id, schema })));
         Ok(id)
     }
 

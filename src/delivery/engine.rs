@@ -26,9 +26,9 @@ use super::{
     after_failure_with, now_ms, rfc3339_ms, AfterFailure, Body, DeliveryLogRecord, DeliveryTask,
     Tier,
 };
-use crate::config::Config;
 use crate::avro::records::{self, AvroOutput};
 use crate::avro::EventDecoder;
+use crate::config::Config;
 use crate::kafka::fetch::{Fetched, RecordFetcher};
 use crate::kafka::produce::{max_message_bytes, produce_all, Output, RECORD_OVERHEAD_BYTES};
 use crate::matching::recheck;
@@ -348,7 +348,10 @@ impl Engine {
                     failed_at_ms: Some(now_ms()),
                     ..rest
                 };
-                outputs.push(self.task_output(&self.config.topics.failed, &failed).await?);
+                outputs.push(
+                    self.task_output(&self.config.topics.failed, &failed)
+                        .await?,
+                );
                 self.metrics.failed(&failed.event_type, outcome);
             }
         }
