@@ -556,3 +556,96 @@ async fn a_big_avro_event_retried_by_reference_is_rebuilt_from_avro_with_the_sam
     assert!(task.body_by_reference && task.body.is_empty(), "{task:?}");
     running.stop().await;
 }
+
+/// Waits until `f` holds (checked every 100 ms) or `timeout` passed; returns whether it held.
+async fn eventually(timeout: Duration, f: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !f() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registry_answering_5xx_timing_out_or_a_bare_404_is_waited_for_never_bad_input() {
+    use testkit::registry::{Fault, FaultyProxy};
+    let upstream = registry_url().await;
+    let proxy = FaultyProxy::start(&upstream).await.unwrap();
+    let (mut c, receiver) = setup("avro-faults", proxy.url(&upstream), "/hook").await;
+    c.registry.timeout_ms = 300;
+    let id = registry(&c)
+        .register(&format!("{}-value", c.topics.events), REWARDS_EVENT_SCHEMA)
+        .await
+        .unwrap();
+    proxy.set(Fault::Status(
+        503,
+        r#"{"error_code":50301,"message":"unavailable"}"#.into(),
+    ));
+    let events: Vec<Record> = (0..3)
+        .map(|i| {
+            keyed(
+                "k",
+                avro_value(
+                    &twin("rewards.redeemed", &format!("usr_{i}")),
+                    id,
+                    REWARDS_EVENT_SCHEMA,
+                ),
+            )
+        })
+        .collect();
+    testkit::produce_all(&testkit::producer(), &c.topics.events, &events).await;
+    let running = start(&c);
+    let m = running.metrics.clone();
+    assert!(
+        eventually(Duration::from_secs(30), || m.registry_waiting.get() == 3).await,
+        "the three events wait on a 503 (waiting {})",
+        m.registry_waiting.get()
+    );
+    // Each fault in turn: every waiting record meets it again (its lookup fails again).
+    for fault in [
+        Fault::Status(500, r#"{"error_code":50001,"message":"boom"}"#.into()),
+        Fault::Hang,
+        Fault::Status(404, "<html>no such page</html>".into()),
+        Fault::Status(429, "{}".into()),
+    ] {
+        proxy.set(fault.clone());
+        let before = m.registry_unavailable.get();
+        assert!(
+            eventually(Duration::from_secs(30), || m.registry_unavailable.get()
+                >= before + 3)
+            .await,
+            "{fault:?} is retried"
+        );
+        assert_eq!(m.registry_waiting.get(), 3, "{fault:?}: still waiting");
+        assert!(
+            receiver.received_on("/hook").is_empty(),
+            "{fault:?}: nothing sent"
+        );
+    }
+    let invalid = testkit::read_topic(&c.topics.invalid, 1, Duration::from_secs(1)).await;
+    assert!(
+        invalid.is_empty(),
+        "an unavailable registry is not bad input"
+    );
+    proxy.set(Fault::Forward);
+    let got = receiver.wait_for("/hook", 3, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 3, "delivered once the registry answers");
+    assert!(eventually(Duration::from_secs(5), || m.registry_waiting.get() == 0).await);
+    // The registry's own "no such schema" through the same path is bad input.
+    let unknown = avro::frame(
+        987_654_321,
+        &avro_value(&twin("rewards.redeemed", "u"), id, REWARDS_EVENT_SCHEMA)[avro::HEADER_LEN..],
+    );
+    testkit::produce_all(
+        &testkit::producer(),
+        &c.topics.events,
+        &[keyed("u", unknown)],
+    )
+    .await;
+    let invalid = testkit::read_topic(&c.topics.invalid, 1, Duration::from_secs(30)).await;
+    assert_eq!(invalid.len(), 1);
+    running.stop().await;
+}

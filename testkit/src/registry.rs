@@ -116,3 +116,145 @@ impl Drop for OwnRegistry {
         let _ = self.run("stop");
     }
 }
+
+/// What a [`FaultyProxy`] does with the next requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Forwards to the real registry behind it.
+    Forward,
+    /// Answers this status with this body (a 5xx, a bare 404 …) without asking the registry.
+    Status(u16, String),
+    /// Accepts the connection, reads the request and never answers (a registry too slow).
+    Hang,
+}
+
+/// An HTTP/1.1 proxy on 127.0.0.1 in front of a real registry that injects faults on demand:
+/// the registry answering 5xx, timing out, or a wrong URL's bare 404, which a registry that is
+/// merely stopped cannot show. Stops when dropped.
+pub struct FaultyProxy {
+    addr: std::net::SocketAddr,
+    fault: std::sync::Arc<std::sync::Mutex<Fault>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultyProxy {
+    /// A proxy to `upstream` (a registry base URL such as `http://127.0.0.1:8081/apis/ccompat/v7`;
+    /// the proxy's own base URL keeps the path).
+    pub async fn start(upstream: &str) -> Result<FaultyProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let fault = std::sync::Arc::new(std::sync::Mutex::new(Fault::Forward));
+        let origin = {
+            let u = url::Url::parse(upstream)?;
+            format!(
+                "{}://{}",
+                u.scheme(),
+                &u[url::Position::BeforeHost..url::Position::AfterPort]
+            )
+        };
+        let (f, client) = (fault.clone(), reqwest::Client::new());
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (f, client, origin) = (f.clone(), client.clone(), origin.clone());
+                tokio::spawn(async move {
+                    let _ = serve(socket, &f, &client, &origin).await;
+                });
+            }
+        });
+        Ok(FaultyProxy { addr, fault, task })
+    }
+
+    /// The proxy's base URL for a registry at `upstream`'s path.
+    pub fn url(&self, upstream: &str) -> String {
+        let path = url::Url::parse(upstream)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One connection: reads one request, answers per the fault, closes.
+async fn serve(
+    mut socket: tokio::net::TcpStream,
+    fault: &std::sync::Mutex<Fault>,
+    client: &reqwest::Client,
+    origin: &str,
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.lines();
+    let mut request_line = lines.next().unwrap_or("").split_whitespace();
+    let (method, target) = (
+        request_line.next().unwrap_or("GET").to_string(),
+        request_line.next().unwrap_or("/").to_string(),
+    );
+    let mut content_length = 0usize;
+    let mut content_type = None;
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => content_length = v.trim().parse().unwrap_or(0),
+                "content-type" => content_type = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    while buf.len() < head_end + content_length {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..].to_vec();
+    let current = fault.lock().unwrap().clone();
+    let (status, answer) = match current {
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Ok(());
+        }
+        Fault::Status(status, text) => (status, text.into_bytes()),
+        Fault::Forward => {
+            let method = reqwest::Method::from_bytes(method.as_bytes())?;
+            let mut req = client
+                .request(method, format!("{origin}{target}"))
+                .body(body);
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            let resp = req.send().await?;
+            (resp.status().as_u16(), resp.bytes().await?.to_vec())
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        answer.len()
+    );
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(&answer).await?;
+    socket.shutdown().await?;
+    Ok(())
+}
