@@ -50,9 +50,10 @@ pub struct FailedRead {
 pub async fn read_failed(config: &Config, select: &SelectorArgs) -> Result<FailedRead> {
     let topic = &config.topics.failed;
     let mut out = FailedRead::default();
-    // JSON records are decoded as they are read; Avro ones (registry.output_format = "avro")
-    // after the read, with their schemas from the registry, and merged back in topic order.
-    let mut records: Vec<(SourceRef, Option<i64>, Result<DeliveryTask, String>)> = Vec::new();
+    // JSON records are decoded and selected as they are read; Avro ones
+    // (registry.output_format = "avro") are kept and decoded after the read, with their schemas
+    // from the registry, then selected in their place, so the topic order holds.
+    let mut kept: Vec<(SourceRef, Option<i64>, Result<DeliveryTask, String>)> = Vec::new();
     let mut avro: Vec<(usize, Vec<u8>)> = Vec::new();
     out.stats = read_bounded(config, "failed", topic, select.since, |m| {
         let at = SourceRef {
@@ -64,22 +65,27 @@ pub async fn read_failed(config: &Config, select: &SelectorArgs) -> Result<Faile
         let decoded = match m.payload() {
             None => Err("empty value".to_string()),
             Some(p) if crate::avro::is_framed(p) => {
-                avro.push((records.len(), p.to_vec()));
+                avro.push((kept.len(), p.to_vec()));
                 Err(String::new())
             }
             Some(p) => serde_json::from_slice::<DeliveryTask>(p).map_err(|e| e.to_string()),
         };
-        records.push((at, m.timestamp().to_millis(), decoded));
+        let record_ms = m.timestamp().to_millis();
+        let unselected = matches!(&decoded, Ok(task)
+            if !select.matches(task, task.failed_at_ms.or(record_ms).unwrap_or_default()));
+        if !unselected {
+            kept.push((at, record_ms, decoded));
+        }
     })
     .await?;
     if !avro.is_empty() {
         let registry = crate::avro::registry::Registry::from_config(&config.registry)?;
         for (index, payload) in avro {
-            records[index].2 =
+            kept[index].2 =
                 decode_record_waiting(registry.as_deref(), &payload, TOOL_PATIENCE).await?;
         }
     }
-    for (at, record_ms, decoded) in records {
+    for (at, record_ms, decoded) in kept {
         match decoded {
             Ok(task) => {
                 let failed_at_ms = task.failed_at_ms.or(record_ms).unwrap_or_default();
