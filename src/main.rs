@@ -221,7 +221,14 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
         Command::CheckConfig => {
             print!("{}", config.redacted());
             kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)
-                .map(|()| eprintln!("kafka: reachable at {}", config.kafka.bootstrap_servers))
+                .map(|()| eprintln!("kafka: reachable at {}", config.kafka.bootstrap_servers))?;
+            if let Some(registry) =
+                mgpass_webhooks::avro::registry::Registry::from_config(&config.registry)?
+            {
+                registry.check().await?;
+                eprintln!("schema registry: answers at {}", registry.base_url());
+            }
+            Ok(())
         }
         Command::Subscriptions(cmd) => subscriptions(cmd, &config).await,
         Command::Replay(args) => ops::replay::run(&config, &args, &mut std::io::stdout().lock())

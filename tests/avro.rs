@@ -649,3 +649,50 @@ async fn a_registry_answering_5xx_timing_out_or_a_bare_404_is_waited_for_never_b
     assert_eq!(invalid.len(), 1);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_asked_with_basic_auth_over_https_trusting_registry_ca_bundle() {
+    // An HTTPS endpoint of a throw-away CA plays the registry's lookup by id, recording what it
+    // is asked; the client must trust it only through registry.ca_bundle and send the
+    // credentials as basic auth.
+    let stub = Receiver::start(Behaviour::Status(404)).await;
+    let answer = serde_json::json!({ "schema": REWARDS_EVENT_SCHEMA }).to_string();
+    stub.set_behaviour(
+        "/apis/ccompat/v7/schemas/ids/7",
+        Behaviour::Body(200, answer.into_bytes()),
+    );
+    let mut c = Config::default();
+    c.registry.url = Some(format!("{}apis/ccompat/v7", stub.url("/")));
+    c.registry.username = Some("sr-user".into());
+    c.registry.password = Some("sr-pass".into());
+    let event = avro_value(
+        &twin("rewards.points_awarded", "u"),
+        7,
+        REWARDS_EVENT_SCHEMA,
+    );
+    // Without the CA: a TLS failure is an unavailable registry, never bad input.
+    let untrusted = EventDecoder::new(&c.registry).unwrap();
+    match untrusted.decode(Some(&event)).await {
+        Err(avro::DecodeError::Unavailable(e)) => assert!(e.contains("certificate"), "{e}"),
+        other => panic!("expected an unavailable registry, got {other:?}"),
+    }
+    c.registry.ca_bundle = Some(stub.ca_file());
+    let decoder = EventDecoder::new(&c.registry).unwrap();
+    let e = decoder.decode(Some(&event)).await.unwrap();
+    assert_eq!(e.data["user_id"], "u");
+    let asked = stub.received_on("/apis/ccompat/v7/schemas/ids/7");
+    assert_eq!(asked.len(), 1, "looked up once, then cached");
+    decoder.decode(Some(&event)).await.unwrap();
+    assert_eq!(stub.received_on("/apis/ccompat/v7/schemas/ids/7").len(), 1);
+    use base64::Engine as _;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("sr-user:sr-pass")
+    );
+    assert_eq!(asked[0].header("authorization"), Some(expected.as_str()));
+    // A 404 without Confluent's error code (here: any other id) is not "no such schema".
+    match decoder.decode(Some(&avro::frame(8, &event[5..]))).await {
+        Err(avro::DecodeError::Unavailable(_)) => {}
+        other => panic!("a bare 404 is an unavailable registry, got {other:?}"),
+    }
+}

@@ -182,6 +182,24 @@ impl Registry {
         req
     }
 
+    /// Whether the registry answers `GET /subjects` with a 2xx (`check-config`).
+    pub async fn check(&self) -> Result<()> {
+        let resp = self
+            .request(reqwest::Method::GET, "/subjects")
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("schema registry {}: {}", self.base, transport_error(&e))
+            })?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "schema registry {}: GET /subjects answered {}",
+            self.base,
+            resp.status()
+        );
+        Ok(())
+    }
+
     /// The schema of `id`, from the cache or the registry.
     pub async fn schema(&self, id: u32) -> Result<Arc<RegisteredSchema>, LookupError> {
         let cell = {
