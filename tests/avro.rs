@@ -98,19 +98,23 @@ fn keyed(key: &str, value: Vec<u8>) -> Record {
     (Some(key.to_string()), Some(value))
 }
 
-/// Runs the guide's check (`tests/support/js_verify.js`) in Node over `cases`
-/// `(body, signature, event_type, data JSON text)`; panics with Node's report unless all pass.
-fn verify_in_node(cases: &[(Vec<u8>, String, String, String)]) {
+/// One body for Node: `(body, signature, event_type, the data JSON text JavaScript should give
+/// the same body for, timestamp)`.
+type NodeCase = (Vec<u8>, String, String, String, String);
+
+/// Runs the guide's check (`tests/support/js_verify.js`) in Node over `cases`; panics with
+/// Node's report unless all pass.
+fn verify_in_node(cases: &[NodeCase]) {
     let node = std::env::var("NODE").unwrap_or_else(|_| "node".to_owned());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/js_verify.js");
     let mut lines = String::new();
-    for (id, (body, signature, event_type, data)) in cases.iter().enumerate() {
+    for (id, (body, signature, event_type, data, timestamp)) in cases.iter().enumerate() {
         let line = serde_json::json!({
             "id": id, "name": format!("avro-{event_type}"),
             "body_hex": hex::encode(body), "signature": signature,
             "secret_hex": hex::encode(SECRET.as_bytes()),
             "event_type_hex": hex::encode(event_type.as_bytes()),
-            "data_hex": hex::encode(data.as_bytes()), "timestamp": TIMESTAMP,
+            "data_hex": hex::encode(data.as_bytes()), "timestamp": timestamp,
         });
         lines.push_str(&line.to_string());
         lines.push('\n');
@@ -184,6 +188,7 @@ async fn every_known_event_type_in_avro_gives_its_json_twins_body_verified_in_no
             r.header("x-webhook-signature").unwrap().to_string(),
             t.clone(),
             data,
+            TIMESTAMP.to_string(),
         ));
         by_type.entry(t).or_default().push(r.body.clone());
     }
@@ -695,4 +700,98 @@ async fn the_registry_is_asked_with_basic_auth_over_https_trusting_registry_ca_b
         Err(avro::DecodeError::Unavailable(_)) => {}
         other => panic!("a bare 404 is an unavailable registry, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producers_own_schema_with_every_mapped_type_gives_a_body_node_verifies() {
+    use apache_avro::types::Value as A;
+    let (c, receiver) = setup("avro-exotic", registry_url().await, "/hook").await;
+    let schema_text = r#"{"type":"record","name":"ExoticEvent","namespace":"t","fields":[
+      {"name":"event_type","type":"string"},
+      {"name":"data","type":{"type":"record","name":"Exotic","fields":[
+        {"name":"user_id","type":"string"},
+        {"name":"price","type":{"type":"bytes","logicalType":"decimal","precision":8,"scale":2}},
+        {"name":"raw","type":"bytes"},
+        {"name":"digest","type":{"type":"fixed","name":"Digest","size":4}},
+        {"name":"ratio","type":"double"},
+        {"name":"huge","type":"double"},
+        {"name":"share","type":"float"},
+        {"name":"tier","type":{"type":"enum","name":"Tier","symbols":["silver","gold"]}},
+        {"name":"counts","type":{"type":"map","values":"long"}},
+        {"name":"born","type":{"type":"int","logicalType":"date"}},
+        {"name":"id","type":{"type":"string","logicalType":"uuid"}},
+        {"name":"seen_at","type":{"type":"long","logicalType":"timestamp-micros"}},
+        {"name":"big","type":"long"},
+        {"name":"maybe","type":["null","double"]},
+        {"name":"text","type":"string"}]}},
+      {"name":"timestamp","type":{"type":"long","logicalType":"timestamp-micros"}},
+      {"name":"client_id","type":["null","string"],"default":null}]}"#;
+    let schema = apache_avro::Schema::parse_str(schema_text).unwrap();
+    let id = registry(&c)
+        .register(&format!("{}exotic-value", c.topics.events), schema_text)
+        .await
+        .unwrap();
+    let data = A::Record(vec![
+        ("user_id".into(), A::String("u1".into())),
+        ("price".into(), A::Decimal(vec![0x04, 0xe2].into())),
+        ("raw".into(), A::Bytes(vec![0, 1, 2, 250])),
+        ("digest".into(), A::Fixed(4, vec![1, 2, 3, 4])),
+        ("ratio".into(), A::Double(f64::NAN)),
+        ("huge".into(), A::Double(f64::INFINITY)),
+        ("share".into(), A::Float(0.1)),
+        ("tier".into(), A::Enum(1, "gold".into())),
+        (
+            "counts".into(),
+            A::Map(
+                [("b", 2), ("10", 3), ("a", 1)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), A::Long(v)))
+                    .collect(),
+            ),
+        ),
+        ("born".into(), A::Date(20103)),
+        (
+            "id".into(),
+            A::Uuid("67e55044-10b1-426f-9247-bb680e5fe0c8".parse().unwrap()),
+        ),
+        ("seen_at".into(), A::TimestampMicros(1_736_937_000_123_456)),
+        ("big".into(), A::Long(9_007_199_254_740_993)),
+        ("maybe".into(), A::Union(1, Box::new(A::Double(2.5)))),
+        ("text".into(), A::String("line\n\u{2028}\"q\" é 😀".into())),
+    ]);
+    let event = A::Record(vec![
+        ("event_type".into(), A::String("partner.exotic".into())),
+        ("data".into(), data),
+        (
+            "timestamp".into(),
+            A::TimestampMicros(1_736_937_000_123_999),
+        ),
+        ("client_id".into(), A::Union(0, Box::new(A::Null))),
+    ]);
+    let value = avro::frame(id, &apache_avro::to_avro_datum(&schema, event).unwrap());
+    testkit::produce_all(
+        &testkit::producer(),
+        &c.topics.events,
+        &[keyed("u1", value)],
+    )
+    .await;
+    let running = start(&c);
+    let got = receiver.wait_for("/hook", 1, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 1);
+    // What JavaScript must send for the mapping README "Avro events" documents.
+    let expected_data = r#"{"user_id":"u1","price":"12.50","raw":"AAEC+g==","digest":"AQIDBA==","ratio":null,"huge":null,"share":0.1,"tier":"gold","counts":{"10":3,"a":1,"b":2},"born":"2025-01-15","id":"67e55044-10b1-426f-9247-bb680e5fe0c8","seen_at":"2025-01-15T10:30:00.123Z","big":9007199254740993,"maybe":2.5,"text":"line\n\u2028\"q\" é 😀"}"#;
+    let r = &got[0];
+    assert_eq!(r.signature_valid, Some(true));
+    verify_in_node(&[(
+        r.body.clone(),
+        r.header("x-webhook-signature").unwrap().to_string(),
+        "partner.exotic".into(),
+        expected_data.into(),
+        "2025-01-15T10:30:00.123Z".into(),
+    )]);
+    assert!(running
+        .metrics
+        .render()
+        .contains("webhooks_inexact_numbers_total 1"));
+    running.stop().await;
 }
