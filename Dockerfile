@@ -24,6 +24,8 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_TERM_COLOR=never
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The Avro schemas, compiled into the binary (src/avro/ include_str!s them).
+COPY schemas ./schemas
 # The workspace's other members (test kit, benchmark) must be present for cargo to load the
 # workspace; only the product crate is built.
 COPY testkit ./testkit

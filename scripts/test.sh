@@ -5,6 +5,8 @@
 #   - if one already answers, it is used and left running;
 #   - otherwise one is started with scripts/kafka.sh and stopped again on exit
 #     (also when the tests fail or the script is interrupted).
+# Makes sure a schema registry answers on 127.0.0.1:${REGISTRY_PORT:-8081} the same way (Apicurio
+# Registry through scripts/registry.sh; tests/avro.rs), exporting MGPASS_TEST_REGISTRY.
 # Installs Debian's prometheus package when `prometheus` is missing (scripts/ensure-prometheus.sh),
 # exports MGPASS_TEST_BOOTSTRAP for the integration tests and exits with cargo's status.
 set -euo pipefail
@@ -14,6 +16,8 @@ REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 # shellcheck source=scripts/broker-lib.sh
 source "${SCRIPT_DIR}/broker-lib.sh"
 ensure_broker test.sh
+ensure_registry test.sh
+echo "[test.sh] MGPASS_TEST_REGISTRY=${MGPASS_TEST_REGISTRY}" >&2
 
 # tests/observability.rs scrapes the processor with a real Prometheus (Debian's package).
 bash "${SCRIPT_DIR}/ensure-prometheus.sh"

@@ -100,16 +100,75 @@ pub async fn load_table(config: &Config) -> Result<Arc<SubscriptionTable>> {
     Ok(table)
 }
 
-/// A sample rewards event as the guide shows it, with the current time.
+/// A sample rewards event with the current time: the guide's example for
+/// `rewards.points_awarded` (and any type outside the guide's list), and data of the shape of
+/// its record in `schemas/rewards-event.avsc` for each other known type.
 pub fn sample_event(event_type: &str, user_id: &str, client_id: Option<&str>) -> serde_json::Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut event = serde_json::json!({
         "event_type": event_type,
-        "data": {"user_id": user_id, "points": 150, "event_type": "purchase", "platform": "3news"},
+        "data": sample_data(event_type, user_id, &now),
         "timestamp": now,
     });
     if let Some(c) = client_id {
         event["client_id"] = serde_json::Value::from(c);
     }
     event
+}
+
+/// The `data` of [`sample_event`].
+pub fn sample_data(event_type: &str, user_id: &str, now: &str) -> serde_json::Value {
+    use serde_json::json;
+    match event_type {
+        "rewards.tier_promoted" => json!({"user_id": user_id, "previous_tier": "silver",
+            "new_tier": "gold", "points_balance": 5200}),
+        "rewards.redeemed" => json!({"user_id": user_id, "item_id": "itm_42",
+            "item_name": "Coffee voucher", "points_spent": 300, "quantity": 1}),
+        "cashback.redeemed" => json!({"user_id": user_id, "redemption_id": "rdm_7f3a",
+            "points": 1000, "amount": 12.5, "currency": "GHS"}),
+        "cashback.processed" => json!({"user_id": user_id, "redemption_id": "rdm_7f3a",
+            "amount": 12.5, "currency": "GHS", "processed_at": now}),
+        "cashback.rejected" => json!({"user_id": user_id, "redemption_id": "rdm_7f3a",
+            "amount": 12.5, "currency": "GHS", "reason": "payout provider declined",
+            "points_refunded": 1000}),
+        "cashback.redemption_completed" => json!({"user_id": user_id,
+            "redemption_id": "rdm_7f3a", "approved_by": "admin_ama", "note": null}),
+        "cashback.redemption_cancelled" => json!({"user_id": user_id,
+            "redemption_id": "rdm_7f3a", "cancelled_by": "admin_kofi",
+            "reason": "duplicate request"}),
+        "rewards.rule_created" => json!({"rule_id": "rule_9", "name": "Double points weekend",
+            "points": 2, "event_types": ["purchase", "referral"], "active": true}),
+        "rewards.catalog_created" => json!({"item_id": "itm_43", "name": "Cinema ticket",
+            "points_cost": 800, "stock": 250, "tags": ["entertainment", "weekend"]}),
+        "rewards.partner_created" => json!({"partner_id": "ptn_3news", "name": "3news",
+            "platforms": ["web", "android"], "metadata": {"country": "GH", "tier": "gold"}}),
+        _ => json!({"user_id": user_id, "points": 150, "event_type": "purchase",
+            "platform": "3news"}),
+    }
+}
+
+/// The subject the event schema is registered under with `strategy` (`topic_name`:
+/// `<topic>-value`; `record_name`: the record's full name).
+pub fn event_subject(strategy: &str, topic: &str) -> Result<String> {
+    let schema = apache_avro::Schema::parse_str(crate::avro::REWARDS_EVENT_SCHEMA)?;
+    Ok(crate::avro::records::subject(strategy, topic, &schema))
+}
+
+/// `event` (JSON, as [`sample_event`] makes it) as a Confluent-framed Avro value of
+/// `schemas/rewards-event.avsc`, registering the schema under `subject` in the configured
+/// registry. Returns the value and the schema id.
+pub async fn avro_event(
+    config: &Config,
+    subject: &str,
+    event: &serde_json::Value,
+) -> Result<(Vec<u8>, u32)> {
+    let registry = crate::avro::registry::Registry::from_config(&config.registry)?
+        .context("--format avro needs a schema registry: set registry.url")?;
+    let text = crate::avro::REWARDS_EVENT_SCHEMA;
+    let id = registry.register(subject, text).await?;
+    let schema = apache_avro::Schema::parse_str(text)?;
+    let value = crate::avro::encode::event_to_avro(event, &schema)
+        .map_err(|e| anyhow!("the event does not fit the event schema: {e}"))?;
+    let datum = apache_avro::to_avro_datum(&schema, value)?;
+    Ok((crate::avro::frame(id, &datum), id))
 }

@@ -27,6 +27,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub registry: RegistryConfig,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -154,6 +155,114 @@ pub struct DeliveryConfig {
 pub struct AdminConfig {
     /// Address of the admin HTTP server (`/metrics`, `/livez`, `/readyz`).
     pub listen: String,
+}
+
+/// The Confluent-compatible schema registry of Avro events (src/avro/). Without `url`, an Avro
+/// event goes to the invalid topic as `unsupported_avro`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Base URL of the Confluent-compatible API, e.g. `http://127.0.0.1:8081/apis/ccompat/v7`
+    /// for Apicurio Registry, `https://sr.example:8081` for Confluent's.
+    pub url: Option<String>,
+    /// Basic-auth user name (Confluent Cloud: the API key).
+    pub username: Option<String>,
+    /// Basic-auth password (redacted by `check-config`).
+    pub password: Option<String>,
+    /// Extra PEM CA bundle trusted for the registry besides the built-in web roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// Timeout of one registry request; a lookup that times out is retried, never bad input.
+    pub timeout_ms: u64,
+    /// Subject naming when we register a schema: `topic_name` (`<topic>-value`, Confluent's
+    /// default) or `record_name` (the record's full name).
+    pub subject_strategy: String,
+    /// Format of the delivery-log and failed records we write: `json` (default) or `avro`
+    /// (Confluent framing, schemas from `schemas/` registered in `registry.url`).
+    pub output_format: String,
+}
+
+/// The password is a credential: `Debug` never shows it.
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .field("ca_bundle", &self.ca_bundle)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("subject_strategy", &self.subject_strategy)
+            .field("output_format", &self.output_format)
+            .finish()
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            url: None,
+            username: None,
+            password: None,
+            ca_bundle: None,
+            timeout_ms: 5_000,
+            subject_strategy: "topic_name".into(),
+            output_format: "json".into(),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Whether delivery-log and failed records are written as registered Avro.
+    pub fn writes_avro(&self) -> bool {
+        self.output_format == "avro"
+    }
+
+    fn validate(&self, p: &mut Vec<String>) {
+        if let Some(u) = &self.url {
+            match url::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                    if !parsed.username().is_empty() || parsed.password().is_some() {
+                        p.push(
+                            "registry.url: put credentials in registry.username and \
+                             registry.password, not in the URL"
+                                .into(),
+                        );
+                    }
+                }
+                Ok(parsed) => p.push(format!(
+                    "registry.url: scheme {:?} is not http or https",
+                    parsed.scheme()
+                )),
+                Err(e) => p.push(format!("registry.url: {u:?} is not a URL: {e}")),
+            }
+        }
+        if self.password.is_some() && self.username.is_none() {
+            p.push("registry.password: set without registry.username".into());
+        }
+        if let Some(ca) = &self.ca_bundle {
+            if !ca.is_file() {
+                p.push(format!("registry.ca_bundle: no such file {}", ca.display()));
+            }
+        }
+        if self.timeout_ms == 0 {
+            p.push("registry.timeout_ms: must be positive".into());
+        }
+        if !matches!(self.subject_strategy.as_str(), "topic_name" | "record_name") {
+            p.push(format!(
+                "registry.subject_strategy: {:?} is not `topic_name` or `record_name`",
+                self.subject_strategy
+            ));
+        }
+        match self.output_format.as_str() {
+            "json" => {}
+            "avro" if self.url.is_none() => {
+                p.push("registry.output_format: `avro` needs registry.url".into())
+            }
+            "avro" => {}
+            other => p.push(format!(
+                "registry.output_format: {other:?} is not `json` or `avro`"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -546,6 +655,7 @@ impl Config {
                 self.log.level
             ));
         }
+        self.registry.validate(&mut p);
         p
     }
 
@@ -556,6 +666,9 @@ impl Config {
             if is_secret_property(key) {
                 *value = REDACTED.into();
             }
+        }
+        if shown.registry.password.is_some() {
+            shown.registry.password = Some(REDACTED.into());
         }
         toml_string(&shown)
     }
@@ -625,7 +738,7 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
             }
         }
     }
-    const SECTIONS: [&str; 7] = [
+    const SECTIONS: [&str; 8] = [
         "kafka",
         "topics",
         "topic_setup",
@@ -633,6 +746,7 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
         "delivery",
         "admin",
         "log",
+        "registry",
     ];
     if let Ok(dict) = figment.data() {
         for key in dict.values().flat_map(|d| d.keys()) {
@@ -652,6 +766,7 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
     let delivery = section(figment, "delivery", problems);
     let admin = section(figment, "admin", problems);
     let log = section(figment, "log", problems);
+    let registry = section(figment, "registry", problems);
     let config = Config {
         kafka: kafka?,
         topics: topics?,
@@ -660,6 +775,7 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
         delivery: delivery?,
         admin: admin?,
         log: log?,
+        registry: registry?,
     };
     Some(config)
 }
@@ -667,7 +783,7 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
 fn describe_figment_error(e: &figment::Error) -> String {
     let path = e.path.join(".");
     // A type error quotes the value it found: never for a credential.
-    let mut msg = if is_secret_property(&path) {
+    let mut msg = if is_secret_property(&path) || path == "registry.password" {
         "invalid value (not shown: the setting holds a secret)".to_string()
     } else {
         e.kind.to_string()
@@ -856,6 +972,74 @@ mod tests {
         writeln!(file, "[kafka.properties]\n\"sasl.password\" = 987654321").unwrap();
         let err = Config::load(Some(file.path()), env(&[]), &Overrides::default()).unwrap_err();
         assert!(!err.to_string().contains("987654321"), "{err}");
+    }
+
+    #[test]
+    fn registry_settings_are_validated_by_name_and_the_password_redacted() {
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "MGPASS_REGISTRY__URL",
+                    "http://127.0.0.1:8081/apis/ccompat/v7",
+                ),
+                ("MGPASS_REGISTRY__USERNAME", "sr-user"),
+                ("MGPASS_REGISTRY__PASSWORD", "sr-pass-in-env"),
+                ("MGPASS_REGISTRY__OUTPUT_FORMAT", "avro"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.registry.writes_avro());
+        assert_eq!(c.registry.timeout_ms, 5_000);
+        for shown in [c.redacted(), format!("{c:?}")] {
+            assert!(!shown.contains("sr-pass-in-env"), "{shown}");
+            assert!(shown.contains("sr-user"), "{shown}");
+        }
+        let err = Config::load(
+            None,
+            env(&[
+                ("MGPASS_REGISTRY__URL", "ftp://sr"),
+                ("MGPASS_REGISTRY__PASSWORD", "p"),
+                ("MGPASS_REGISTRY__TIMEOUT_MS", "0"),
+                ("MGPASS_REGISTRY__SUBJECT_STRATEGY", "by_topic"),
+                ("MGPASS_REGISTRY__OUTPUT_FORMAT", "xml"),
+                ("MGPASS_REGISTRY__CA_BUNDLE", "/nonexistent/ca.pem"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for setting in [
+            "registry.url",
+            "registry.password",
+            "registry.timeout_ms",
+            "registry.subject_strategy",
+            "registry.output_format",
+            "registry.ca_bundle",
+        ] {
+            assert!(text.contains(setting), "{setting} missing from {text}");
+        }
+        let err = Config::load(
+            None,
+            env(&[
+                ("MGPASS_REGISTRY__URL", "http://u:p@sr:8081"),
+                ("MGPASS_REGISTRY__OUTPUT_FORMAT", "avro"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("registry.url: put credentials"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            env(&[("MGPASS_REGISTRY__OUTPUT_FORMAT", "avro")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("needs registry.url"), "{err}");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! an [`InvalidEvent`] with a stable reason code (for metrics and the `webhooks.invalid` header)
 //! and a message naming what is wrong; it never panics on any bytes.
 //!
-//! The Avro form (Confluent wire format, magic byte 0) is recognised and reported as unsupported
-//! until the schema-registry decoder lands; such records go to `webhooks.invalid`, nothing is lost.
+//! The Avro form (Confluent wire format, magic byte 0) is decoded by [`crate::avro::EventDecoder`],
+//! which maps the datum to JSON and holds it to these same rules ([`RewardsEvent::from_json_map`]);
+//! [`RewardsEvent::decode`] alone reads JSON and reports a framed value as `unsupported_avro`.
 
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::Deserialize;
@@ -53,7 +54,7 @@ pub struct InvalidEvent {
 }
 
 impl InvalidEvent {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         InvalidEvent {
             code,
             message: message.into(),
@@ -87,7 +88,7 @@ impl RewardsEvent {
             Some(0) => {
                 return Err(InvalidEvent::new(
                     "unsupported_avro",
-                    "Confluent Avro wire format (magic byte 0) is not decoded by this version",
+                    "Confluent Avro wire format (magic byte 0) needs the schema registry decoder",
                 ))
             }
             Some(b'{') => {}
@@ -105,6 +106,21 @@ impl RewardsEvent {
                 InvalidEvent::new("bad_json", format!("not valid JSON: {e}"))
             }
         })?;
+        RewardsEvent::from_wire(wire)
+    }
+
+    /// An event from a JSON object already parsed (the Avro form, mapped to JSON): the same
+    /// rules as [`RewardsEvent::decode`].
+    pub fn from_json_map(mut map: Map<String, Value>) -> Result<RewardsEvent, InvalidEvent> {
+        RewardsEvent::from_wire(Wire {
+            event_type: map.remove("event_type"),
+            data: map.remove("data"),
+            timestamp: map.remove("timestamp"),
+            client_id: map.remove("client_id"),
+        })
+    }
+
+    fn from_wire(wire: Wire) -> Result<RewardsEvent, InvalidEvent> {
         let event_type = match wire.event_type {
             Some(Value::String(s)) => s,
             Some(_) => {

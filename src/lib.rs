@@ -16,7 +16,8 @@
 //! | | [`net_guard`] | the address guard: which addresses may receive webhooks, the guarding resolver |
 //! | Kafka plumbing | [`kafka`] | clients, rebalance listener, offset tracking, in-flight bookkeeping, consumer lag from statistics |
 //! | state | [`subscriptions`] | subscription records, their validation, the table and its loader |
-//! | pure | [`events`] | decoding rewards events from Kafka records |
+//! | decoding | [`avro`] | Confluent-framed Avro: the schema-registry client, event decoding (both forms), the Avro → JSON mapping, our records in Avro |
+//! | pure | [`events`] | decoding rewards events from Kafka records (the JSON form's rules) |
 //! | | [`matching`] | the rule deciding which subscriptions receive an event |
 //! | | [`body`] | the canonical (JavaScript fixed-point) webhook body |
 //! | | [`signing`] | the HMAC-SHA256 signature header and the guide's check |
@@ -28,6 +29,7 @@
 
 pub mod admin_server;
 pub mod app;
+pub mod avro;
 pub mod body;
 pub mod commands;
 pub mod config;

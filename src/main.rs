@@ -80,6 +80,14 @@ enum Command {
         /// How many events.
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// `json`, or `avro`: registers schemas/rewards-event.avsc in registry.url and
+        /// produces the event in the Confluent wire format.
+        #[arg(long, default_value = "json", value_parser = ["json", "avro"])]
+        format: String,
+        /// Subject naming for `--format avro`: `topic_name` (`<topic>-value`) or
+        /// `record_name` (`com.mgpass.rewards.RewardsEvent`); default registry.subject_strategy.
+        #[arg(long, value_parser = ["topic_name", "record_name"])]
+        subject_strategy: Option<String>,
     },
     /// Probe the admin server's /livez (exit 0 on 200, else 1): the container health check.
     Healthcheck {
@@ -213,7 +221,14 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
         Command::CheckConfig => {
             print!("{}", config.redacted());
             kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)
-                .map(|()| eprintln!("kafka: reachable at {}", config.kafka.bootstrap_servers))
+                .map(|()| eprintln!("kafka: reachable at {}", config.kafka.bootstrap_servers))?;
+            if let Some(registry) =
+                mgpass_webhooks::avro::registry::Registry::from_config(&config.registry)?
+            {
+                registry.check().await?;
+                eprintln!("schema registry: answers at {}", registry.base_url());
+            }
+            Ok(())
         }
         Command::Subscriptions(cmd) => subscriptions(cmd, &config).await,
         Command::Replay(args) => ops::replay::run(&config, &args, &mut std::io::stdout().lock())
@@ -234,11 +249,24 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
             user_id,
             client_id,
             count,
+            format,
+            subject_strategy,
         } => {
             let producer = kafka::producer(&config)?;
+            let strategy = subject_strategy.unwrap_or(config.registry.subject_strategy.clone());
+            let subject = commands::event_subject(&strategy, &config.topics.events)?;
             for _ in 0..count {
                 let event = commands::sample_event(&event_type, &user_id, client_id.as_deref());
-                let bytes = serde_json::to_vec(&event)?;
+                let bytes = if format == "avro" {
+                    let (bytes, id) = commands::avro_event(&config, &subject, &event).await?;
+                    eprintln!(
+                        "avro: schema id {id}, subject {subject}, {} bytes",
+                        bytes.len()
+                    );
+                    bytes
+                } else {
+                    serde_json::to_vec(&event)?
+                };
                 commands::produce(
                     &producer,
                     &config.topics.events,

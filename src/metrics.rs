@@ -108,6 +108,20 @@ label_enum!(
         BadClientId => "bad_client_id",
         DuplicateKey => "duplicate_key",
         EventTooLarge => "event_too_large",
+        /// Magic byte 0 but shorter than the 5-byte Confluent header.
+        AvroBadFrame => "avro_bad_frame",
+        /// The registry has no schema of the record's id (its 404 with code 40403).
+        AvroUnknownSchema => "avro_unknown_schema",
+        /// The id names a schema that is not Avro, or that we cannot parse.
+        AvroBadSchema => "avro_bad_schema",
+        /// The schema is not of the rewards event's shape.
+        AvroSchemaMismatch => "avro_schema_mismatch",
+        /// The datum ends early or does not decode with its schema.
+        AvroTruncated => "avro_truncated",
+        /// Bytes follow the datum.
+        AvroTrailingBytes => "avro_trailing_bytes",
+        /// A value with no JSON form (a timestamp out of range).
+        AvroBadValue => "avro_bad_value",
         Other => "other",
     }
 );
@@ -409,6 +423,11 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// `webhooks_ready`: 1 while `/readyz` answers 200.
     pub ready: IntGauge,
+    /// `webhooks_registry_unavailable_total`: schema-registry lookups that found it unavailable
+    /// (connection error, timeout, 5xx, …); each retry of a waiting record counts.
+    pub registry_unavailable: IntCounter,
+    /// `webhooks_registry_waiting_records`: records waiting now for the schema registry.
+    pub registry_waiting: IntGauge,
     h: Handles,
 }
 
@@ -640,6 +659,14 @@ impl Metrics {
             ready: gauge(
                 "webhooks_ready",
                 "1 while the processor is ready (/readyz 200)",
+            ),
+            registry_unavailable: counter(
+                "webhooks_registry_unavailable_total",
+                "Schema registry lookups that found it unavailable (each retry counts)",
+            ),
+            registry_waiting: gauge(
+                "webhooks_registry_waiting_records",
+                "Records waiting for the schema registry to answer",
             ),
             h,
             registry: r,

@@ -6,7 +6,9 @@
 //! Guarantees: no event is matched before the subscription table is fully loaded; a record's
 //! offset is stored for commit only after its outputs are acknowledged by Kafka (the invalid
 //! record, or whatever the dispatcher produces), so a crash replays it rather than losing it;
-//! bad input never stops the loop.
+//! bad input never stops the loop. Events are JSON or Confluent-framed Avro, mixed on one topic
+//! ([`EventDecoder`]); a schema registry that cannot answer is not bad input: the record waits
+//! for it (its offset held, nothing sent to the invalid topic) while the others go on.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admin_server::Health;
+use crate::avro::EventDecoder;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::events::{InvalidEvent, RewardsEvent};
+use crate::events::InvalidEvent;
 use crate::kafka::consumer::{revoke, RebalanceContext, RebalanceEvent};
 use crate::kafka::in_flight::InFlight;
 use crate::kafka::produce::{max_message_bytes, produce, Output, RECORD_OVERHEAD_BYTES};
@@ -60,6 +63,8 @@ pub struct Processor<D> {
     /// `delivery.max_pending_deliveries`: a matched event holds one permit per delivery
     /// (at most all of them) until its deliveries are done.
     pending: Arc<tokio::sync::Semaphore>,
+    /// JSON and Avro events, Avro schemas from the registry.
+    decoder: EventDecoder,
 }
 
 /// Debug builds only (tests; release builds have no such hook): an event whose type equals the
@@ -118,6 +123,7 @@ impl<D: Dispatcher> Processor<D> {
             pending: Arc::new(tokio::sync::Semaphore::new(
                 config.delivery.max_pending_deliveries,
             )),
+            decoder: EventDecoder::new(&config.registry)?,
         })
     }
 
@@ -209,7 +215,10 @@ impl<D: Dispatcher> Processor<D> {
                 self.config.delivery.max_event_bytes,
             ))
         } else {
-            RewardsEvent::decode(m.payload())
+            // A registry outage is waited out here, holding this record's offset.
+            self.decoder
+                .decode_waiting(m.payload(), &self.metrics)
+                .await
         };
         let event = match decoded {
             Ok(e) => e,

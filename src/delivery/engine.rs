@@ -26,8 +26,9 @@ use super::{
     after_failure_with, now_ms, rfc3339_ms, AfterFailure, Body, DeliveryLogRecord, DeliveryTask,
     Tier,
 };
+use crate::avro::records::{self, AvroOutput};
+use crate::avro::EventDecoder;
 use crate::config::Config;
-use crate::events::RewardsEvent;
 use crate::kafka::fetch::{Fetched, RecordFetcher};
 use crate::kafka::produce::{max_message_bytes, produce_all, Output, RECORD_OVERHEAD_BYTES};
 use crate::matching::recheck;
@@ -51,6 +52,16 @@ pub struct Engine {
     max_task_bytes: usize,
     /// Reads source events again, for task bodies carried by reference.
     sources: RecordFetcher,
+    /// Decodes them (JSON or Avro) exactly as the event loop did.
+    decoder: EventDecoder,
+    /// Set with `registry.output_format = "avro"`: delivery-log and failed records as
+    /// registered Avro.
+    avro: Option<AvroOutputs>,
+}
+
+struct AvroOutputs {
+    log: AvroOutput,
+    failed: AvroOutput,
 }
 
 /// Why a body carried by reference could not be rebuilt: the delivery cannot be attempted.
@@ -69,7 +80,27 @@ impl Engine {
         table: Arc<SubscriptionTable>,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
+        let decoder = EventDecoder::new(&config.registry)?;
+        let avro = match decoder.registry() {
+            Some(registry) if config.registry.writes_avro() => Some(AvroOutputs {
+                log: AvroOutput::new(
+                    registry.clone(),
+                    &config.registry,
+                    &config.topics.delivery_log,
+                    records::DELIVERY_LOG_SCHEMA,
+                )?,
+                failed: AvroOutput::new(
+                    registry.clone(),
+                    &config.registry,
+                    &config.topics.failed,
+                    records::DELIVERY_TASK_SCHEMA,
+                )?,
+            }),
+            _ => None,
+        };
         Ok(Engine {
+            decoder,
+            avro,
             client: HttpClient::new(&config.http)?,
             producer,
             table,
@@ -96,9 +127,14 @@ impl Engine {
         loop {
             match self.sources.fetch(&task.source).await {
                 Ok(Fetched::Record(m)) => {
-                    return RewardsEvent::decode(rdkafka::Message::payload(&m))
+                    // An Avro event's schema comes from the registry again: an outage is
+                    // waited out, like the broker's.
+                    return self
+                        .decoder
+                        .decode_waiting(rdkafka::Message::payload(&m), &self.metrics)
+                        .await
                         .map(|e| Body::of_event(&e))
-                        .map_err(|e| SourceProblem::Undecodable(e.to_string()))
+                        .map_err(|e| SourceProblem::Undecodable(e.to_string()));
                 }
                 Ok(Fetched::Gone) => return Err(SourceProblem::Gone),
                 Err(e) => {
@@ -168,7 +204,7 @@ impl Engine {
                         now_ms(),
                         None,
                     );
-                    return self.produce_all(vec![self.log_output(&log)?]).await;
+                    return self.produce_all(vec![self.log_output(&log).await?]).await;
                 }
             }
         }
@@ -198,7 +234,7 @@ impl Engine {
                 self.metrics
                     .dropped(AttemptOutcome::not_sent(outcome), &task.event_type);
                 let log = self.log_record(&task, outcome, None, None, 0, now_ms(), None);
-                return self.produce_all(vec![self.log_output(&log)?]).await;
+                return self.produce_all(vec![self.log_output(&log).await?]).await;
             }
         };
         let gate = self.endpoint_gate(&sub);
@@ -334,7 +370,7 @@ impl Engine {
                 attempted_at,
                 None,
             );
-            outputs.push(self.log_output(&log)?);
+            outputs.push(self.log_output(&log).await?);
             return self.produce_all(outputs).await;
         }
         let error = result
@@ -354,7 +390,7 @@ impl Engine {
             attempted_at,
             next.map(|(_, due)| due),
         );
-        outputs.push(self.log_output(&log)?);
+        outputs.push(self.log_output(&log).await?);
         let rest = DeliveryTask {
             last_error: error,
             last_status: result.status,
@@ -373,7 +409,7 @@ impl Engine {
                     due_at_ms: due,
                     ..rest
                 };
-                outputs.push(self.task_output(self.tier_topic(tier), &retry)?);
+                outputs.push(self.task_output(self.tier_topic(tier), &retry).await?);
                 self.metrics.retry_scheduled(tier);
             }
             None => {
@@ -386,7 +422,10 @@ impl Engine {
                     failed_at_ms: Some(now_ms()),
                     ..rest
                 };
-                outputs.push(self.task_output(&self.config.topics.failed, &failed)?);
+                outputs.push(
+                    self.task_output(&self.config.topics.failed, &failed)
+                        .await?,
+                );
                 self.metrics.failed(&failed.event_type, outcome);
             }
         }
@@ -429,18 +468,39 @@ impl Engine {
         }
     }
 
-    fn log_output(&self, log: &DeliveryLogRecord) -> Result<Output> {
+    async fn log_output(&self, log: &DeliveryLogRecord) -> Result<Output> {
+        let value = match &self.avro {
+            Some(avro) => avro.log.encode(log).await,
+            None => serde_json::to_vec(log).map_err(Into::into),
+        }
+        .context("encoding a delivery-log record")?;
         Ok(Output {
             topic: self.config.topics.delivery_log.clone(),
             key: Some(log.delivery_id.clone().into_bytes()),
-            value: Some(serde_json::to_vec(log).context("encoding a delivery-log record")?),
+            value: Some(value),
             headers: None,
         })
     }
 
     /// A task record; one that would exceed the producer's limit carries its body by reference.
-    fn task_output(&self, topic: &str, task: &DeliveryTask) -> Result<Output> {
-        let mut value = serde_json::to_vec(task).context("encoding a delivery task")?;
+    /// Failed records are Avro with `registry.output_format = "avro"`; retry tasks stay JSON.
+    async fn task_output(&self, topic: &str, task: &DeliveryTask) -> Result<Output> {
+        let avro = self
+            .avro
+            .as_ref()
+            .filter(|_| topic == self.config.topics.failed)
+            .map(|a| &a.failed);
+        let encode = |task: &DeliveryTask| {
+            let task = task.clone();
+            async move {
+                match avro {
+                    Some(out) => out.encode(&task).await,
+                    None => serde_json::to_vec(&task).map_err(Into::into),
+                }
+                .context("encoding a delivery task")
+            }
+        };
+        let mut value = encode(task).await?;
         if value.len() > self.max_task_bytes {
             debug!(
                 delivery_id = %task.delivery_id, bytes = value.len(),
@@ -451,7 +511,7 @@ impl Engine {
                 body_by_reference: true,
                 ..task.clone()
             };
-            value = serde_json::to_vec(&by_reference).context("encoding a delivery task")?;
+            value = encode(&by_reference).await?;
         }
         Ok(Output {
             topic: topic.to_string(),

@@ -3,7 +3,8 @@
 //! the delivery log (`deliveries show`). Both are bounded reads ([`super::read`]); `--since`
 //! starts at Kafka's offsets for that time instead of the beginning, so a look at the last hour
 //! does not read 30 days. A record that does not decode is reported with its coordinates and
-//! passed over, never fatal.
+//! passed over, never fatal. Records are read in either form: JSON, or registered Avro
+//! (`registry.output_format = "avro"`) decoded with the schema its id names.
 
 use std::io::Write;
 
@@ -13,6 +14,7 @@ use rdkafka::message::Message;
 
 use super::read::{read_bounded, ReadStats};
 use super::SelectorArgs;
+use crate::avro::records::{decode_record_waiting, TOOL_PATIENCE};
 use crate::config::Config;
 use crate::delivery::{rfc3339_ms, DeliveryLogRecord, DeliveryTask};
 use crate::kafka::SourceRef;
@@ -48,6 +50,11 @@ pub struct FailedRead {
 pub async fn read_failed(config: &Config, select: &SelectorArgs) -> Result<FailedRead> {
     let topic = &config.topics.failed;
     let mut out = FailedRead::default();
+    // JSON records are decoded and selected as they are read; Avro ones
+    // (registry.output_format = "avro") are kept and decoded after the read, with their schemas
+    // from the registry, then selected in their place, so the topic order holds.
+    let mut kept: Vec<(SourceRef, Option<i64>, Result<DeliveryTask, String>)> = Vec::new();
+    let mut avro: Vec<(usize, Vec<u8>)> = Vec::new();
     out.stats = read_bounded(config, "failed", topic, select.since, |m| {
         let at = SourceRef {
             topic: topic.clone(),
@@ -55,16 +62,33 @@ pub async fn read_failed(config: &Config, select: &SelectorArgs) -> Result<Faile
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
         };
-        let decoded = m
-            .payload()
-            .ok_or_else(|| "empty value".to_string())
-            .and_then(|p| serde_json::from_slice::<DeliveryTask>(p).map_err(|e| e.to_string()));
+        let decoded = match m.payload() {
+            None => Err("empty value".to_string()),
+            Some(p) if crate::avro::is_framed(p) => {
+                avro.push((kept.len(), p.to_vec()));
+                Err(String::new())
+            }
+            Some(p) => serde_json::from_slice::<DeliveryTask>(p).map_err(|e| e.to_string()),
+        };
+        let record_ms = m.timestamp().to_millis();
+        let unselected = matches!(&decoded, Ok(task)
+            if !select.matches(task, task.failed_at_ms.or(record_ms).unwrap_or_default()));
+        if !unselected {
+            kept.push((at, record_ms, decoded));
+        }
+    })
+    .await?;
+    if !avro.is_empty() {
+        let registry = crate::avro::registry::Registry::from_config(&config.registry)?;
+        for (index, payload) in avro {
+            kept[index].2 =
+                decode_record_waiting(registry.as_deref(), &payload, TOOL_PATIENCE).await?;
+        }
+    }
+    for (at, record_ms, decoded) in kept {
         match decoded {
             Ok(task) => {
-                let failed_at_ms = task
-                    .failed_at_ms
-                    .or(m.timestamp().to_millis())
-                    .unwrap_or_default();
+                let failed_at_ms = task.failed_at_ms.or(record_ms).unwrap_or_default();
                 if select.matches(&task, failed_at_ms) {
                     out.selected.push(FailedRecord {
                         at,
@@ -75,8 +99,7 @@ pub async fn read_failed(config: &Config, select: &SelectorArgs) -> Result<Faile
             }
             Err(error) => out.undecodable.push(Undecodable { at, error }),
         }
-    })
-    .await?;
+    }
     Ok(out)
 }
 
@@ -203,16 +226,31 @@ pub async fn delivery_attempts(
     let topic = &config.topics.delivery_log;
     let mut found = Vec::new();
     let mut bad = 0u64;
+    let mut avro = Vec::new();
     // The key is the delivery id: compare it before decoding anything.
     let stats = read_bounded(config, "delivery-log", topic, since_ms, |m| {
         if m.key() == Some(delivery_id.as_bytes()) {
-            match m.payload().map(serde_json::from_slice::<DeliveryLogRecord>) {
-                Some(Ok(r)) => found.push(r),
-                _ => bad += 1,
+            match m.payload() {
+                Some(p) if crate::avro::is_framed(p) => avro.push(p.to_vec()),
+                Some(p) => match serde_json::from_slice::<DeliveryLogRecord>(p) {
+                    Ok(r) => found.push(r),
+                    Err(_) => bad += 1,
+                },
+                None => bad += 1,
             }
         }
     })
     .await?;
+    // Avro records (registry.output_format = "avro"), with their schemas from the registry.
+    if !avro.is_empty() {
+        let registry = crate::avro::registry::Registry::from_config(&config.registry)?;
+        for payload in avro {
+            match decode_record_waiting(registry.as_deref(), &payload, TOOL_PATIENCE).await? {
+                Ok(r) => found.push(r),
+                Err(_) => bad += 1,
+            }
+        }
+    }
     if bad > 0 {
         tracing::warn!(
             delivery_id,

@@ -8,6 +8,7 @@
 //! | [`fixtures`] | Kafka fixtures: a test's own topics and group, producers, bounded topic reads |
 //! | [`records`] | builders of subscription and rewards event record values |
 //! | [`process`] | the processor binary as a child process: spawn, signal, wait, probe, stop |
+//! | [`registry`] | the schema registry of Avro tests: the shared one (`MGPASS_TEST_REGISTRY`), or one of a test's own |
 //! | [`dispatch`] | a dispatcher that hands every event to the test instead of delivering it |
 //!
 //! Kafka fixtures talk to the broker at `MGPASS_TEST_BOOTSTRAP` (default 127.0.0.1:9092;
@@ -19,6 +20,7 @@ pub mod https;
 pub mod process;
 pub mod receiver;
 pub mod records;
+pub mod registry;
 
 pub use dispatch::{ChannelDispatcher, Dispatched};
 pub use fixtures::{

@@ -121,7 +121,7 @@ so an existing Secret needs only the keys it uses.
 */}}
 {{- define "mgpass-webhooks.authEnv" -}}
 {{- $secret := .secret }}
-{{- range $env, $key := dict "MGPASS_KAFKA_PROP_SASL_USERNAME" "sasl-username" "MGPASS_KAFKA_PROP_SASL_PASSWORD" "sasl-password" "MGPASS_REGISTRY_USERNAME" "registry-username" "MGPASS_REGISTRY_PASSWORD" "registry-password" }}
+{{- range $env, $key := dict "MGPASS_KAFKA_PROP_SASL_USERNAME" "sasl-username" "MGPASS_KAFKA_PROP_SASL_PASSWORD" "sasl-password" "MGPASS_REGISTRY__USERNAME" "registry-username" "MGPASS_REGISTRY__PASSWORD" "registry-password" }}
 - name: {{ $env }}
   valueFrom:
     secretKeyRef:
