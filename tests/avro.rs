@@ -371,12 +371,11 @@ async fn a_registry_stopped_mid_run_and_started_again_loses_nothing_and_invalida
     assert!(invalid.is_empty(), "an outage is not bad input");
 
     own.restart().unwrap();
-    // In-memory storage: register the schemas again, in the same order, to the same ids (a
-    // production registry keeps them).
+    // Its storage is a file: the schemas are still there, under the same ids.
     assert_eq!(
         register_both().await,
         (id_a, id_b),
-        "same content ids again"
+        "the same schemas under the same ids after the restart"
     );
     let got = receiver
         .wait_for("/hook", 25, Duration::from_secs(60))

@@ -55,9 +55,9 @@ pub async fn subjects(url: &str) -> Result<Vec<String>> {
     Ok(serde_json::from_slice(&resp.bytes().await?)?)
 }
 
-/// A registry process of one test's own: Apicurio Registry through `scripts/registry.sh`,
-/// in-memory, on free ports, with its pid file and log in a temporary directory. Stopped
-/// (by its pid, through the script) when dropped.
+/// A registry process of one test's own: Apicurio Registry through `scripts/registry.sh`, with
+/// an H2 database file of its own (kept across a restart), on free ports, with its pid file and
+/// log in a temporary directory. Stopped (by its pid, through the script) when dropped.
 pub struct OwnRegistry {
     pub port: u16,
     management_port: u16,
@@ -92,6 +92,15 @@ impl OwnRegistry {
             .env("REGISTRY_PORT", self.port.to_string())
             .env("REGISTRY_MANAGEMENT_PORT", self.management_port.to_string())
             .env("REGISTRY_DATA_DIR", self.dir.path())
+            // Its own H2 database file, so what was registered survives a restart as it does
+            // in a production registry (in-memory storage would come back empty, and a lookup
+            // between the restart and registering again would be a genuine "unknown id").
+            .env("APICURIO_STORAGE_KIND", "sql")
+            .env("APICURIO_STORAGE_SQL_KIND", "h2")
+            .env(
+                "APICURIO_DATASOURCE_URL",
+                format!("jdbc:h2:file:{}/registry", self.dir.path().display()),
+            )
             .status()
             .with_context(|| format!("running scripts/registry.sh {command}"))?;
         if !status.success() {
@@ -105,7 +114,7 @@ impl OwnRegistry {
         self.run("stop")
     }
 
-    /// Starts it again on the same ports (in-memory: an empty registry).
+    /// Starts it again on the same ports, with what was registered before.
     pub fn restart(&self) -> Result<()> {
         self.run("start")
     }
