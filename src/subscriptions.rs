@@ -93,6 +93,20 @@ pub struct InvalidSubscription {
     pub message: String,
 }
 
+impl InvalidSubscription {
+    /// The record field the problem is about, so a form can show it beside that field.
+    pub fn field(&self) -> &'static str {
+        match self.code {
+            "bad_id" | "key_mismatch" | "missing_key" | "bad_key" => "id",
+            "bad_url" => "url",
+            "bad_event_types" => "event_types",
+            "empty_secret" => "secret",
+            "bad_client_id" => "client_id",
+            _ => "record",
+        }
+    }
+}
+
 fn invalid(code: &'static str, message: impl Into<String>) -> InvalidSubscription {
     InvalidSubscription {
         code,
