@@ -8,11 +8,13 @@
 //! | [`fixtures`] | Kafka fixtures: a test's own topics and group, producers, bounded topic reads |
 //! | [`records`] | builders of subscription and rewards event record values |
 //! | [`process`] | the processor binary as a child process: spawn, signal, wait, probe, stop |
+//! | [`console`] | the admin console in-process, and a client that logs in and calls it |
 //! | [`dispatch`] | a dispatcher that hands every event to the test instead of delivering it |
 //!
 //! Kafka fixtures talk to the broker at `MGPASS_TEST_BOOTSTRAP` (default 127.0.0.1:9092;
 //! `scripts/test.sh` starts one) and fail loudly when none answers: they never skip.
 
+pub mod console;
 pub mod dispatch;
 pub mod fixtures;
 pub mod https;
