@@ -6,6 +6,8 @@
 #   - otherwise one is started with scripts/kafka.sh and stopped again on exit
 #     (also when the tests fail or the script is interrupted).
 # Installs Debian's prometheus package when `prometheus` is missing (scripts/ensure-prometheus.sh),
+# and Debian's chromium plus tests/browser's npm packages for the console's browser test
+# (scripts/ensure-browser.sh),
 # exports MGPASS_TEST_BOOTSTRAP for the integration tests and exits with cargo's status.
 set -euo pipefail
 
@@ -17,6 +19,9 @@ ensure_broker test.sh
 
 # tests/observability.rs scrapes the processor with a real Prometheus (Debian's package).
 bash "${SCRIPT_DIR}/ensure-prometheus.sh"
+
+# tests/console_browser.rs drives the admin console in Debian's headless Chromium.
+bash "${SCRIPT_DIR}/ensure-browser.sh"
 
 export MGPASS_TEST_BOOTSTRAP="127.0.0.1:${KAFKA_PORT}"
 echo "[test.sh] MGPASS_TEST_BOOTSTRAP=${MGPASS_TEST_BOOTSTRAP}" >&2

@@ -376,6 +376,7 @@ pub fn router(state: Arc<Console>) -> Router {
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/static/console.css", get(pages::css))
         .route("/static/console.js", get(pages::js))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .merge(guarded)
         .layer(middleware::from_fn(secure_headers))
         .with_state(state)

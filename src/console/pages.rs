@@ -373,7 +373,7 @@ fn subscription_form(
                 }
             }
             @if creating {
-                label { "Id" input name="id" value=(v.id) required pattern="[A-Za-z0-9._:-]{1,128}"; (field_error("id")) }
+                label { "Id" input name="id" value=(v.id) required pattern="[A-Za-z0-9._:\\-]{1,128}"; (field_error("id")) }
             }
             label { "Endpoint URL" input name="url" value=(v.url) required placeholder="https://partner.example/webhook"; (field_error("url")) }
             fieldset {
