@@ -97,6 +97,11 @@ async fn nothing_but_livez_answers_without_a_login_and_every_answer_has_secure_h
     let anon = Client::new(&console);
     let live = anon.get("/livez").await;
     assert_eq!(live.status, StatusCode::OK);
+    let ready = anon.get("/readyz").await;
+    assert_eq!(
+        (ready.status, ready.text.as_str()),
+        (StatusCode::OK, "ready\n")
+    );
     for path in [
         "/api/me",
         "/api/subscriptions",

@@ -14,7 +14,8 @@
 //! | [`jobs`] | replay jobs started from the console, and their progress |
 //! | [`audit`] | the audit topic's records |
 //!
-//! Guarantees: no page or API call but `/livez` answers without an identity; no state change
+//! Guarantees: no page or API call but `/livez` and `/readyz` (Kafka answers) answers without
+//! an identity; no state change
 //! without the session's CSRF token; no change, test webhook or replay for a `viewer`; no secret
 //! in a page or answer except a generated or rotated one, once, in the answer to the request
 //! that made it (`Cache-Control: no-store` everywhere).
@@ -364,6 +365,20 @@ async fn secure_headers(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Ready when the Kafka cluster answers (every page reads it); public like `/livez`, and
+/// saying no more than that.
+async fn readyz(State(c): State<Arc<Console>>) -> Response {
+    let config = c.config.clone();
+    let reachable = tokio::task::spawn_blocking(move || {
+        crate::kafka::check_reachable(&config, std::time::Duration::from_secs(3))
+    })
+    .await;
+    match reachable {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n").into_response(),
+    }
+}
+
 /// The console's routes (see [`api`] and [`pages`]), guarded.
 pub fn router(state: Arc<Console>) -> Router {
     let guarded = Router::new()
@@ -373,6 +388,7 @@ pub fn router(state: Arc<Console>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/static/console.css", get(pages::css))
         .route("/static/console.js", get(pages::js))
