@@ -289,6 +289,9 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
             command: Some(ConsoleCommand::HashPassword { username, role }),
         } => {
             let mut line = String::new();
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("password (shown as you type; Enter ends it): ");
+            }
             std::io::stdin()
                 .read_line(&mut line)
                 .map_err(|e| anyhow!("reading the password from standard input: {e}"))?;

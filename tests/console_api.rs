@@ -461,6 +461,27 @@ async fn an_admin_manages_subscriptions_with_the_clis_validation_and_every_chang
     assert_eq!(got["url"], "https://a2.partner.example/hook");
     assert_eq!(got["secret_fingerprint"], new_fp.as_str());
     assert!(!out.contains(&rotated));
+    // And the CLI changes what the console shows.
+    let out = cli(&c, &["subscriptions", "disable", "--id", "partner-a"]).await;
+    assert!(out.contains("\"enabled\":false"), "{out}");
+    assert_eq!(
+        a.get("/api/subscriptions/partner-a").await.json()["enabled"],
+        false
+    );
+    let out = cli(&c, &["subscriptions", "rotate-secret", "--id", "partner-a"]).await;
+    let cli_secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap()
+        .to_string();
+    let shown = a.get("/api/subscriptions/partner-a").await.json();
+    assert_eq!(
+        shown["secret_fingerprint"].as_str().unwrap(),
+        mgpass_webhooks::ops::admin::fingerprint(&mgpass_webhooks::secret::Secret::new(
+            &cli_secret
+        ))
+    );
+    cli(&c, &["subscriptions", "enable", "--id", "partner-a"]).await;
     let r = a.call("DELETE", "/api/subscriptions/partner-b", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(
@@ -870,6 +891,33 @@ async fn a_test_webhook_reaches_its_one_subscription_signed_and_shows_in_its_del
         page.text.contains(&dlv) && page.text.contains("success"),
         "the page lists it"
     );
+    // The CLI's commands are the same functions: `deliveries list` shows it, `subscriptions
+    // test` sends another.
+    let listed = cli(
+        &c,
+        &[
+            "deliveries",
+            "list",
+            "--subscription",
+            "one",
+            "--since",
+            "1h",
+        ],
+    )
+    .await;
+    assert!(
+        listed.contains(&dlv) && listed.contains("success"),
+        "{listed}"
+    );
+    let sent = cli(&c, &["subscriptions", "test", "--id", "one"]).await;
+    assert!(sent.starts_with("test webhook dlv_"), "{sent}");
+    assert_eq!(
+        receiver
+            .wait_for("/one", 2, Duration::from_secs(60))
+            .await
+            .len(),
+        2
+    );
     assert_eq!(
         a.get("/api/deliveries/dlv_nope").await.status,
         StatusCode::NOT_FOUND
@@ -894,7 +942,7 @@ async fn a_test_webhook_reaches_its_one_subscription_signed_and_shows_in_its_del
         receiver.received_on("/other").is_empty(),
         "no other subscription got anything"
     );
-    assert_eq!(receiver.received_on("/one").len(), 1);
+    assert_eq!(receiver.received_on("/one").len(), 2);
     cancel.cancel();
     handle.await.unwrap().unwrap();
     let trail = actions(&audit(&c).await);

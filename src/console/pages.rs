@@ -553,7 +553,7 @@ async fn detail(
             button type="submit" { "Show" }
             span.muted { "newest first, from " (crate::delivery::rfc3339_ms(since)) }
         }
-        (deliveries_table(&rows))
+        (deliveries_table(&rows, since))
     };
     page(
         StatusCode::OK,
@@ -570,7 +570,10 @@ fn outcome_badge(outcome: &str) -> Markup {
     html! { span class=(class) { (outcome) } }
 }
 
-fn deliveries_table(rows: &[crate::ops::deliveries::DeliverySummary]) -> Markup {
+/// `since`: the lower bound of the page's read, passed on to each delivery's page so it reads
+/// the log from there too.
+fn deliveries_table(rows: &[crate::ops::deliveries::DeliverySummary], since: i64) -> Markup {
+    let since = enc(&crate::delivery::rfc3339_ms(since));
     html! {
         table #deliveries {
             thead { tr { th { "Last attempt" } th { "Delivery" } th { "Event type" } th { "Attempts" } th { "Outcome" } th { "Status" } th { "Duration" } th { "Error" } } }
@@ -578,7 +581,7 @@ fn deliveries_table(rows: &[crate::ops::deliveries::DeliverySummary]) -> Markup 
                 @for r in rows {
                     tr data-outcome=(r.outcome) {
                         td { (r.last_attempted_at) }
-                        td { a href={"/deliveries/" (r.delivery_id)} { (r.delivery_id) }
+                        td { a href={"/deliveries/" (r.delivery_id) "?since=" (since)} { (r.delivery_id) }
                              @if r.source_topic == crate::ops::test_webhook::TEST_SOURCE_TOPIC { " " span.badge.off { "test" } }
                              @if let Some(run) = &r.replay_run { " " span.badge.off title=(run) { "replay" } } }
                         td { (r.event_type) }
@@ -732,6 +735,9 @@ async fn delivery(
         } @else {
             p.muted { "No attempt of this delivery in the delivery log." }
         }
+        @if let Some(t) = since {
+            p.muted { "Attempts from " (crate::delivery::rfc3339_ms(t)) " on. " a href={"/deliveries/" (enc(&delivery_id))} { "All attempts" } " (reads the whole delivery log)." }
+        }
         table #attempts {
             thead { tr { th { "Attempted at" } th { "Attempt" } th { "Outcome" } th { "Status" } th { "Duration" } th { "Next attempt" } th { "Replay run" } th { "Error" } } }
             tbody {
@@ -870,7 +876,7 @@ async fn preview(
             form.card method="post" action="/replay" data-confirm={"Replay " (n) " deliveries now?"} {
                 (csrf_field(&ctx))
                 @for (k, v) in &p {
-                    @if k != "confirm" && !v.is_empty() { input type="hidden" name=(k) value=(v); }
+                    @if !matches!(k.as_str(), "confirm" | "force" | "_csrf") && !v.is_empty() { input type="hidden" name=(k) value=(v); }
                 }
                 label.check { input #confirm type="checkbox" name="confirm" value="true" required; "I checked the preview: re-inject these " (n) " deliveries with a fresh attempt budget" }
                 label.check { input type="checkbox" name="force" value="true" checked[req.force]; "Also those already replayed since they failed (force)" }
