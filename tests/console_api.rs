@@ -353,6 +353,36 @@ async fn an_admin_manages_subscriptions_with_the_clis_validation_and_every_chang
             "a refused secret is not echoed"
         );
     }
+    // Every field's error at once.
+    let r = a
+        .call(
+            "POST",
+            "/api/subscriptions",
+            Some(json!({"id": "c", "url": "ftp://x", "event_types": ["nope"], "client_id": "", "secret": "short"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields = r.json()["fields"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(fields, ["event_types", "secret", "url"], "{}", r.text);
+    let r = a
+        .call(
+            "PUT",
+            "/api/subscriptions/partner-a",
+            Some(json!({"url": "ftp://x", "event_types": []})),
+        )
+        .await;
+    let fields = r.json()["fields"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(fields, ["event_types", "url"], "an edit too: {}", r.text);
     let r = a
         .call("POST", "/api/subscriptions", Some(json!({"id": 5})))
         .await;
@@ -1131,4 +1161,154 @@ async fn a_failed_delivery_is_previewed_then_replayed_with_confirmation_and_prog
             .count()
             >= 2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_forms_change_subscriptions_as_the_api_does() {
+    let c = setup("console-forms", None).await;
+    let console = testkit::console::start(&c).await;
+    let a = admin(&console).await;
+    let csrf = a.csrf.clone().unwrap();
+    let t = csrf.as_str();
+    let r = a
+        .form(
+            "/subscriptions",
+            &[
+                ("_csrf", t),
+                ("id", "web-1"),
+                ("url", "https://w.partner.example/h"),
+                ("event_types", "rewards.redeemed"),
+                ("event_types", "cashback.processed"),
+                ("client_id", ""),
+                ("secret", "a-secret-typed-in-the-form-0123"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(
+        !r.text.contains("shown this once"),
+        "a given secret is not shown back"
+    );
+    assert!(!r.text.contains("a-secret-typed-in-the-form-0123"));
+    let s = a.get("/api/subscriptions/web-1").await.json();
+    assert_eq!(
+        s["event_types"],
+        json!(["cashback.processed", "rewards.redeemed"]),
+        "repeated checkboxes"
+    );
+    assert_eq!(
+        (s["enabled"].as_bool(), s["client_id"].is_null()),
+        (Some(false), true),
+        "unticked, empty"
+    );
+    let fp = s["secret_fingerprint"].as_str().unwrap().to_string();
+
+    let see = |r: &testkit::console::Answer, to: &str| {
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+        assert_eq!(r.header("location"), Some(to));
+    };
+    see(
+        &a.form("/subscriptions/web-1/enable", &[("_csrf", t)]).await,
+        "/subscriptions/web-1?done=enabled",
+    );
+    assert_eq!(
+        a.get("/api/subscriptions/web-1").await.json()["enabled"],
+        true
+    );
+    see(
+        &a.form("/subscriptions/web-1/disable", &[("_csrf", t)])
+            .await,
+        "/subscriptions/web-1?done=disabled",
+    );
+    assert_eq!(
+        a.get("/api/subscriptions/web-1").await.json()["enabled"],
+        false
+    );
+    let r = a
+        .form(
+            "/subscriptions/web-1",
+            &[
+                ("_csrf", t),
+                ("url", "https://w2.partner.example/h"),
+                ("event_types", "*"),
+                ("client_id", "app-9"),
+                ("enabled", "on"),
+            ],
+        )
+        .await;
+    see(&r, "/subscriptions/web-1?done=saved");
+    let s = a.get("/api/subscriptions/web-1").await.json();
+    assert_eq!(
+        (
+            s["url"].as_str(),
+            s["client_id"].as_str(),
+            s["enabled"].as_bool(),
+            s["secret_fingerprint"].as_str()
+        ),
+        (
+            Some("https://w2.partner.example/h"),
+            Some("app-9"),
+            Some(true),
+            Some(fp.as_str())
+        )
+    );
+    let r = a
+        .form(
+            "/subscriptions/web-1",
+            &[("_csrf", t), ("url", "https://w2.partner.example/h")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "no event type");
+    assert!(r.text.contains("id=\"error-event_types\""), "{}", r.text);
+    let r = a
+        .form("/subscriptions/web-1/rotate-secret", &[("_csrf", t)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let secret = r
+        .text
+        .split("<code id=\"secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap();
+    assert!(
+        secret.starts_with("whsec_"),
+        "the new secret, once: {}",
+        r.text
+    );
+    let detail = a.get("/subscriptions/web-1").await.text;
+    assert!(!detail.contains(secret), "never again");
+    assert_ne!(
+        a.get("/api/subscriptions/web-1").await.json()["secret_fingerprint"],
+        fp.as_str()
+    );
+    see(
+        &a.form("/subscriptions/web-1/delete", &[("_csrf", t)]).await,
+        "/subscriptions",
+    );
+    assert_eq!(
+        a.get("/api/subscriptions/web-1").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        a.get("/subscriptions/web-1").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = a
+        .form("/subscriptions/web-1/disable", &[("_csrf", t)])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let trail = actions(&audit(&c).await);
+    for action in [
+        "subscription.create",
+        "subscription.enable",
+        "subscription.disable",
+        "subscription.update",
+        "subscription.rotate_secret",
+        "subscription.delete",
+    ] {
+        assert!(
+            trail.contains(&("admin".into(), action.into(), "web-1".into(), "ok".into())),
+            "{action}: {trail:?}"
+        );
+    }
 }

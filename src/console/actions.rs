@@ -203,9 +203,6 @@ pub async fn create(
 
 async fn create_inner(c: &Console, input: SubscriptionInput) -> Result<Created, ActionError> {
     let mut errors = Vec::new();
-    if let Err(e) = crate::subscriptions::validate_id(&input.id) {
-        errors.push(("id", e.message));
-    }
     let source = match input.secret {
         Some(s) => SecretSource::Given(s),
         None => SecretSource::Generate,
@@ -234,7 +231,7 @@ async fn create_inner(c: &Console, input: SubscriptionInput) -> Result<Created, 
         enabled: input.enabled,
     };
     // Every field problem at once: the record's own validation, field by field.
-    if let Err(e) = record.clone().validate() {
+    for e in record.field_problems() {
         if !errors.iter().any(|(f, _)| *f == e.field()) {
             errors.push((e.field(), e.message));
         }
@@ -280,15 +277,34 @@ pub async fn update(
             "a secret is not edited: rotate it instead".into(),
         )]));
     }
-    let result = commands::edit_subscription(&c.config, id, |r| {
-        r.url = input.url;
-        r.event_types = input.event_types;
-        r.client_id = input.client_id;
-        r.enabled = input.enabled;
-    })
-    .await
-    .map(|s| SubscriptionView::of(&s))
-    .map_err(ActionError::of);
+    // Every field's problem at once (the write below would report the first only).
+    let probe = SubscriptionRecord {
+        id: id.to_string(),
+        url: input.url.clone(),
+        event_types: input.event_types.clone(),
+        client_id: input.client_id.clone(),
+        secret: "unchanged".into(),
+        enabled: input.enabled,
+    };
+    let problems: Vec<(&'static str, String)> = probe
+        .field_problems()
+        .into_iter()
+        .filter(|e| e.field() != "id")
+        .map(|e| (e.field(), e.message))
+        .collect();
+    let result = if !problems.is_empty() {
+        Err(ActionError::Invalid(problems))
+    } else {
+        commands::edit_subscription(&c.config, id, |r| {
+            r.url = input.url;
+            r.event_types = input.event_types;
+            r.client_id = input.client_id;
+            r.enabled = input.enabled;
+        })
+        .await
+        .map(|s| SubscriptionView::of(&s))
+        .map_err(ActionError::of)
+    };
     audited(c, ctx, "subscription.update", id, result, view_details).await
 }
 
