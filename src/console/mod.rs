@@ -6,7 +6,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | this one | the listener, the routes, and the guard every request but `/livez`, `/login` and the static assets passes: identity, CSRF on every state change, the admin role for every change, secure headers |
+//! | this one | the listener, the routes, and the guard every request but `/livez`, `/readyz`, `/login` and the static assets passes: identity, CSRF on every state change, the admin role for every change, secure headers |
 //! | [`auth`] | identities, signed session cookies, CSRF and login tokens, argon2, the login rate limit |
 //! | [`actions`] | each change as one function shared by the pages and the API: validation errors by field, the audit record |
 //! | [`api`] | the JSON API under `/api/` |
@@ -14,8 +14,8 @@
 //! | [`jobs`] | replay jobs started from the console, and their progress |
 //! | [`audit`] | the audit topic's records |
 //!
-//! Guarantees: no page or API call but `/livez` and `/readyz` (Kafka answers) answers without
-//! an identity; no state change
+//! Guarantees: nothing answers without an identity but `/livez`, `/readyz` (Kafka answers),
+//! the login form and the static assets; no state change
 //! without the session's CSRF token; no change, test webhook or replay for a `viewer`; no secret
 //! in a page or answer except a generated or rotated one, once, in the answer to the request
 //! that made it (`Cache-Control: no-store` everywhere).
