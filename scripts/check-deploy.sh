@@ -29,7 +29,7 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBE_VERSIONS=(1.25.0 1.37.0)
 CHART=helm/mgpass-webhooks
 RULES=deploy/prometheus/rules/mgpass-webhooks.rules.yml
-COMPOSE_SERVICES=kafka,registry,setup-topics,demo-subscription,processor,produce-sample,demo-receiver,prometheus,grafana
+COMPOSE_SERVICES=kafka,registry,setup-topics,demo-subscription,processor,console,produce-sample,demo-receiver,prometheus,grafana
 
 TOOLS="${MGPASS_CACHE_DIR:-${HOME}/.cache/mgpass-webhooks}/tools"
 WORK="${ROOT}/target/check-deploy"
@@ -279,6 +279,17 @@ PYEOF
     "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set replay.enabled=true --set replay.runId=r
   expect_failure "a replay reason that is no outcome" "reasons" \
     "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set replay.enabled=true --set replay.runId=r --set "replay.reasons={http_status}"
+  expect_failure "a console without accounts" "console.accounts" \
+    "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set console.enabled=true
+  expect_failure "a console auth that is no source" "auth" \
+    "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set console.enabled=true --set console.auth=ldap
+  expect_failure "a proxy console without trusted proxies" "console.proxy.trusted" \
+    "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set console.enabled=true --set console.auth=proxy
+  expect_failure "two console replicas without a session key" "console.sessionKey" \
+    "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" -f "${CHART}/ci/all-enabled-values.yaml" --set console.sessionKey=
+  expect_failure "a console account whose hash is not argon2" "passwordHash" \
+    "${HELM}" template t "${CHART}" "${KUBE_FLAG[@]}" --set console.enabled=true \
+    --set 'console.accounts[0].username=a' --set 'console.accounts[0].passwordHash=plain' --set 'console.accounts[0].role=admin'
 }
 
 check_rendered_config() {
@@ -286,19 +297,29 @@ check_rendered_config() {
   # healthcheck against a closed loopback port exits 1 exactly when the configuration is valid.
   cargo build --quiet --bin mgpass-webhooks
   local bin="${ROOT}/target/debug/mgpass-webhooks" f toml rc
-  for f in "${WORK}"/render-*.yaml deploy/compose/mgpass-webhooks.toml; do
-    if [[ "${f}" == *.toml ]]; then
-      toml="${f}"
-    else
-      toml="${f%.yaml}.config.toml"
-      "${PY}" - "${f}" "${toml}" <<'PYEOF'
-import sys, yaml
+  # The console's config.toml is in a Secret (its accounts' password hashes): extracted too.
+  local tomls=(deploy/compose/mgpass-webhooks.toml deploy/compose/console.toml)
+  for f in "${WORK}"/render-*.yaml; do
+    toml="${f%.yaml}.config.toml"
+    "${PY}" - "${f}" "${toml}" "${f%.yaml}.console.toml" <<'PYEOF'
+import base64, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 tomls = {d["data"]["config.toml"] for d in docs if d["kind"] == "ConfigMap"}
 assert len(tomls) == 1, f"expected one config.toml across the ConfigMaps, found {len(tomls)}"
 open(sys.argv[2], "w").write(tomls.pop())
+consoles = [base64.b64decode(d["data"]["config.toml"]).decode() for d in docs
+            if d["kind"] == "Secret" and "config.toml" in d.get("data", {})]
+assert len(consoles) <= 1, f"expected at most one console config.toml, found {len(consoles)}"
+if consoles:
+    assert "[console]" in consoles[0] and "auth = " in consoles[0], "the console's config has its section"
+    open(sys.argv[3], "w").write(consoles[0])
 PYEOF
+    tomls+=("${toml}")
+    if [[ -f "${f%.yaml}.console.toml" ]]; then
+      tomls+=("${f%.yaml}.console.toml")
     fi
+  done
+  for toml in "${tomls[@]}"; do
     rc=0
     env -i PATH="${PATH}" "${bin}" --config "${toml}" healthcheck --url http://127.0.0.1:9/livez --timeout-ms 500 \
       >"${WORK}/config-check.out" 2>&1 || rc=$?

@@ -8,6 +8,8 @@
 # Makes sure a schema registry answers on 127.0.0.1:${REGISTRY_PORT:-8081} the same way (Apicurio
 # Registry through scripts/registry.sh; tests/avro.rs), exporting MGPASS_TEST_REGISTRY.
 # Installs Debian's prometheus package when `prometheus` is missing (scripts/ensure-prometheus.sh),
+# and Debian's chromium plus tests/browser's npm packages for the console's browser test
+# (scripts/ensure-browser.sh),
 # exports MGPASS_TEST_BOOTSTRAP for the integration tests and exits with cargo's status.
 set -euo pipefail
 
@@ -21,6 +23,9 @@ echo "[test.sh] MGPASS_TEST_REGISTRY=${MGPASS_TEST_REGISTRY}" >&2
 
 # tests/observability.rs scrapes the processor with a real Prometheus (Debian's package).
 bash "${SCRIPT_DIR}/ensure-prometheus.sh"
+
+# tests/console_browser.rs drives the admin console in Debian's headless Chromium.
+bash "${SCRIPT_DIR}/ensure-browser.sh"
 
 export MGPASS_TEST_BOOTSTRAP="127.0.0.1:${KAFKA_PORT}"
 echo "[test.sh] MGPASS_TEST_BOOTSTRAP=${MGPASS_TEST_BOOTSTRAP}" >&2

@@ -1,10 +1,13 @@
 //! The CLI's work besides running the processor (that is [`crate::app`]), as library functions
 //! so tests drive exactly what the binary runs: subscription admin and the sample event producer.
+//! The admin console (`crate::console`) calls the same functions: one implementation of every
+//! subscription change (validation, secret generation and rotation, enable/disable, delete).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
@@ -12,8 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::kafka;
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::subscriptions::loader::Loader;
-use crate::subscriptions::{Subscription, SubscriptionRecord, SubscriptionTable};
+use crate::subscriptions::{
+    InvalidSubscription, Subscription, SubscriptionRecord, SubscriptionTable,
+};
 
 /// Produces one record and waits for the broker's acknowledgement.
 pub async fn produce(
@@ -37,11 +43,21 @@ pub async fn produce(
     Ok(())
 }
 
+/// A subscription record refused by validation; the error names the field
+/// ([`InvalidSubscription::field`]) so a form can show it there.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid subscription: {}", .0.message)]
+pub struct Refused(pub InvalidSubscription);
+
+/// The subscription to change does not exist (or its latest record is invalid).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no subscription with id {0:?}")]
+pub struct NotFound(pub String);
+
 /// Validates and writes a subscription record (the secret in clear, as the processor needs it).
+/// A record that does not validate fails with [`Refused`] before anything is written.
 pub async fn put_subscription(config: &Config, record: SubscriptionRecord) -> Result<Subscription> {
-    let sub = record
-        .validate()
-        .map_err(|e| anyhow!("invalid subscription: {}", e.message))?;
+    let sub = record.validate().map_err(Refused)?;
     let value = serde_json::to_vec(&sub.to_record()).context("encoding the subscription")?;
     let producer = kafka::producer(config)?;
     produce(
@@ -82,6 +98,36 @@ pub async fn url_warnings(config: &Config, url: &url::Url) -> Vec<String> {
         },
     }
     out
+}
+
+/// Changes the current record of subscription `id` with `change` and writes it (validated as a
+/// whole, like `put`). Fails with [`NotFound`] when the topic holds no valid record for `id`.
+pub async fn edit_subscription(
+    config: &Config,
+    id: &str,
+    change: impl FnOnce(&mut SubscriptionRecord),
+) -> Result<Subscription> {
+    let table = load_table(config).await?;
+    let current = table
+        .get(id)
+        .ok_or_else(|| NotFound(id.to_string()))?
+        .to_record();
+    let mut record = current;
+    change(&mut record);
+    record.id = id.to_string();
+    put_subscription(config, record).await
+}
+
+/// Enables or disables subscription `id`, keeping everything else.
+pub async fn set_enabled(config: &Config, id: &str, enabled: bool) -> Result<Subscription> {
+    edit_subscription(config, id, |r| r.enabled = enabled).await
+}
+
+/// Gives subscription `id` a freshly generated secret; returns it (to be shown once).
+pub async fn rotate_secret(config: &Config, id: &str) -> Result<(Subscription, Secret)> {
+    let secret = Secret::generate();
+    let sub = edit_subscription(config, id, |r| r.secret = secret.expose().to_string()).await?;
+    Ok((sub, secret))
 }
 
 /// Writes the tombstone that deletes subscription `id`.

@@ -26,6 +26,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub delivery: DeliveryConfig,
     pub admin: AdminConfig,
+    pub console: ConsoleConfig,
     pub log: LogConfig,
     pub registry: RegistryConfig,
 }
@@ -60,6 +61,8 @@ pub struct TopicNames {
     pub delivery_log: String,
     pub failed: String,
     pub invalid: String,
+    /// The admin console's audit trail: who changed or replayed what, when (never a secret).
+    pub audit: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,6 +78,8 @@ pub struct TopicSetup {
     pub long_retention_ms: i64,
     /// `retention.ms` of the events, retry, replay and invalid topics.
     pub retention_ms: i64,
+    /// `retention.ms` of the audit topic (a year by default: audits outlive deliveries).
+    pub audit_retention_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -196,6 +201,70 @@ impl std::fmt::Debug for RegistryConfig {
     }
 }
 
+/// The admin console (`mgpass-webhooks console`, `src/console/`): its own listener, who may log in
+/// and how sessions are kept. Checked by [`ConsoleConfig::validate`] always (shape) and by
+/// [`ConsoleConfig::validate_for_serving`] when the console starts (an identity source).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Address of the console's web UI and JSON API (not the processor's admin port).
+    pub listen: String,
+    /// Where identities come from: `accounts` (log in with a name and password from
+    /// `console.accounts`) or `proxy` (a trusted authenticating proxy sets
+    /// `console.proxy_user_header`). No default: the console refuses to start without it.
+    pub auth: String,
+    /// `auth = "accounts"`: the admin accounts, each `{ username, password_hash, role }` with an
+    /// argon2 PHC hash from `mgpass-webhooks console hash-password` and role `admin` or `viewer`.
+    pub accounts: Vec<ConsoleAccount>,
+    /// `auth = "proxy"`: the request header holding the authenticated user name.
+    pub proxy_user_header: String,
+    /// `auth = "proxy"`: users given the `admin` role; every other user is a `viewer`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub proxy_admins: Vec<String>,
+    /// `auth = "proxy"`: addresses (CIDRs or single addresses) the proxy connects from; a
+    /// request from anywhere else is refused, so the header cannot be forged around the proxy.
+    #[serde(deserialize_with = "one_or_many")]
+    pub proxy_trusted: Vec<String>,
+    /// Key signing session cookies and CSRF tokens (HMAC-SHA256), at least 32 bytes. Empty: a
+    /// random key per process (sessions end when it restarts; one replica only). Give it through
+    /// `MGPASS_CONSOLE__SESSION_KEY`, never in a committed file.
+    pub session_key: String,
+    /// How long a session lasts after login.
+    pub session_ttl_secs: u64,
+    /// Mark cookies `Secure` (sent over HTTPS only). Turn off only for local http:// use.
+    pub cookie_secure: bool,
+    /// Login attempts allowed per client address and per user name in any minute.
+    pub login_attempts_per_minute: u32,
+    /// How far back a subscription's deliveries page reads the delivery log by default.
+    pub deliveries_lookback_secs: u64,
+}
+
+/// One console login.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleAccount {
+    pub username: String,
+    /// Argon2 PHC string (`$argon2id$v=19$…`).
+    pub password_hash: String,
+    /// `admin` (everything) or `viewer` (read only).
+    #[serde(default = "default_role")]
+    pub role: String,
+}
+
+fn default_role() -> String {
+    "viewer".into()
+}
+
+impl std::fmt::Debug for ConsoleAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleAccount")
+            .field("username", &self.username)
+            .field("password_hash", &REDACTED)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
@@ -206,6 +275,43 @@ impl Default for RegistryConfig {
             timeout_ms: 5_000,
             subject_strategy: "topic_name".into(),
             output_format: "json".into(),
+        }
+    }
+}
+
+/// The session key is a secret: `Debug` never shows it.
+impl std::fmt::Debug for ConsoleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleConfig")
+            .field("listen", &self.listen)
+            .field("auth", &self.auth)
+            .field("accounts", &self.accounts)
+            .field("proxy_user_header", &self.proxy_user_header)
+            .field("proxy_admins", &self.proxy_admins)
+            .field("proxy_trusted", &self.proxy_trusted)
+            .field("session_key", &REDACTED)
+            .field("session_ttl_secs", &self.session_ttl_secs)
+            .field("cookie_secure", &self.cookie_secure)
+            .field("login_attempts_per_minute", &self.login_attempts_per_minute)
+            .field("deliveries_lookback_secs", &self.deliveries_lookback_secs)
+            .finish()
+    }
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            listen: "127.0.0.1:9465".into(),
+            auth: String::new(),
+            accounts: Vec::new(),
+            proxy_user_header: "X-Forwarded-User".into(),
+            proxy_admins: Vec::new(),
+            proxy_trusted: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            session_key: String::new(),
+            session_ttl_secs: 8 * 3600,
+            cookie_secure: true,
+            login_attempts_per_minute: 10,
+            deliveries_lookback_secs: 24 * 3600,
         }
     }
 }
@@ -265,6 +371,120 @@ impl RegistryConfig {
     }
 }
 
+/// Shortest `console.session_key` accepted, in bytes.
+pub const MIN_SESSION_KEY_BYTES: usize = 32;
+
+impl ConsoleConfig {
+    /// Problems of the settings' shape, whatever command runs (the processor ignores them, but
+    /// one config file serves both).
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "console.listen: {:?} is not an address such as 127.0.0.1:9465",
+                self.listen
+            ));
+        }
+        if !matches!(self.auth.as_str(), "" | "accounts" | "proxy") {
+            p.push(format!(
+                "console.auth: {:?} is neither \"accounts\" nor \"proxy\"",
+                self.auth
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if a.username.trim().is_empty() {
+                p.push(format!("console.accounts[{i}].username: must not be empty"));
+            }
+            if !names.insert(a.username.as_str()) {
+                p.push(format!(
+                    "console.accounts[{i}].username: {:?} appears twice",
+                    a.username
+                ));
+            }
+            if !matches!(a.role.as_str(), "admin" | "viewer") {
+                p.push(format!(
+                    "console.accounts[{i}].role: {:?} is neither \"admin\" nor \"viewer\"",
+                    a.role
+                ));
+            }
+            if !a.password_hash.starts_with("$argon2") {
+                p.push(format!(
+                    "console.accounts[{i}].password_hash: not an argon2 hash (make one with \
+                     `mgpass-webhooks console hash-password`)"
+                ));
+            }
+        }
+        if !self.session_key.is_empty() && self.session_key.len() < MIN_SESSION_KEY_BYTES {
+            p.push(format!(
+                "console.session_key: {} bytes; at least {MIN_SESSION_KEY_BYTES} are required",
+                self.session_key.len()
+            ));
+        }
+        if self.session_ttl_secs == 0 {
+            p.push("console.session_ttl_secs: must be positive".into());
+        }
+        if self.login_attempts_per_minute == 0 {
+            p.push("console.login_attempts_per_minute: must be positive".into());
+        }
+        if self.deliveries_lookback_secs == 0 {
+            p.push("console.deliveries_lookback_secs: must be positive".into());
+        }
+        for (i, t) in self.proxy_trusted.iter().enumerate() {
+            if parse_net(t).is_none() {
+                p.push(format!(
+                    "console.proxy_trusted[{i}]: {t:?} is not an address or CIDR"
+                ));
+            }
+        }
+        p
+    }
+
+    /// Problems that stop the console from starting: an identity source must be chosen and
+    /// usable.
+    pub fn validate_for_serving(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        match self.auth.as_str() {
+            "" => p.push(
+                "console.auth: not set; choose \"accounts\" (console.accounts) or \"proxy\" \
+                 (console.proxy_user_header)"
+                    .into(),
+            ),
+            "accounts" if self.accounts.is_empty() => p.push(
+                "console.accounts: no account; add one with a hash from \
+                 `mgpass-webhooks console hash-password`"
+                    .into(),
+            ),
+            "proxy" if self.proxy_user_header.trim().is_empty() => {
+                p.push("console.proxy_user_header: must not be empty with auth = \"proxy\"".into())
+            }
+            "proxy" if self.proxy_trusted.is_empty() => p.push(
+                "console.proxy_trusted: must name the proxy's addresses with auth = \"proxy\""
+                    .into(),
+            ),
+            _ => {}
+        }
+        if self
+            .proxy_user_header
+            .parse::<axum::http::HeaderName>()
+            .is_err()
+        {
+            p.push(format!(
+                "console.proxy_user_header: {:?} is not a header name",
+                self.proxy_user_header
+            ));
+        }
+        p
+    }
+}
+
+/// An address or CIDR (`10.0.0.0/8`, `127.0.0.1`).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -298,13 +518,14 @@ impl Default for TopicNames {
             delivery_log: "webhooks.delivery-log".into(),
             failed: "webhooks.failed".into(),
             invalid: "webhooks.invalid".into(),
+            audit: "webhooks.audit".into(),
         }
     }
 }
 
 impl TopicNames {
     /// Every topic with its setting name, for validation and topic setup.
-    pub fn all(&self) -> [(&'static str, &str); 9] {
+    pub fn all(&self) -> [(&'static str, &str); 10] {
         [
             ("topics.events", &self.events),
             ("topics.subscriptions", &self.subscriptions),
@@ -315,6 +536,7 @@ impl TopicNames {
             ("topics.delivery_log", &self.delivery_log),
             ("topics.failed", &self.failed),
             ("topics.invalid", &self.invalid),
+            ("topics.audit", &self.audit),
         ]
     }
 
@@ -332,6 +554,7 @@ impl TopicNames {
             delivery_log: p(&d.delivery_log),
             failed: p(&d.failed),
             invalid: p(&d.invalid),
+            audit: p(&d.audit),
         }
     }
 }
@@ -344,6 +567,7 @@ impl Default for TopicSetup {
             replication_factor: -1,
             long_retention_ms: 30 * 24 * 3600 * 1000,
             retention_ms: 7 * 24 * 3600 * 1000,
+            audit_retention_ms: 365 * 24 * 3600 * 1000,
         }
     }
 }
@@ -575,6 +799,9 @@ impl Config {
         if self.topic_setup.retention_ms < -1 || self.topic_setup.retention_ms == 0 {
             p.push("topic_setup.retention_ms: must be positive or -1 (forever)".into());
         }
+        if self.topic_setup.audit_retention_ms < -1 || self.topic_setup.audit_retention_ms == 0 {
+            p.push("topic_setup.audit_retention_ms: must be positive or -1 (forever)".into());
+        }
         if self.http.connect_timeout_ms == 0 {
             p.push("http.connect_timeout_ms: must be positive".into());
         }
@@ -643,6 +870,7 @@ impl Config {
                 self.admin.listen
             ));
         }
+        p.extend(self.console.validate());
         if !matches!(self.log.format.as_str(), "text" | "json") {
             p.push(format!(
                 "log.format: {:?} is not `text` or `json`",
@@ -669,6 +897,12 @@ impl Config {
         }
         if shown.registry.password.is_some() {
             shown.registry.password = Some(REDACTED.into());
+        }
+        if !shown.console.session_key.is_empty() {
+            shown.console.session_key = REDACTED.into();
+        }
+        for a in shown.console.accounts.iter_mut() {
+            a.password_hash = REDACTED.into();
         }
         toml_string(&shown)
     }
@@ -738,13 +972,14 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
             }
         }
     }
-    const SECTIONS: [&str; 8] = [
+    const SECTIONS: [&str; 9] = [
         "kafka",
         "topics",
         "topic_setup",
         "http",
         "delivery",
         "admin",
+        "console",
         "log",
         "registry",
     ];
@@ -765,6 +1000,7 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
     let http = section(figment, "http", problems);
     let delivery = section(figment, "delivery", problems);
     let admin = section(figment, "admin", problems);
+    let console = section(figment, "console", problems);
     let log = section(figment, "log", problems);
     let registry = section(figment, "registry", problems);
     let config = Config {
@@ -774,6 +1010,7 @@ fn extract_all(figment: &Figment, problems: &mut Vec<String>) -> Option<Config> 
         http: http?,
         delivery: delivery?,
         admin: admin?,
+        console: console?,
         log: log?,
         registry: registry?,
     };

@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | root | [`app`] | builds and supervises the processor's tasks |
 //! | CLI | [`commands`] | subscription admin and the sample event producer |
-//! | | [`ops`] | the ops tools: replay, failed-delivery listing, delivery inspection, admin output |
+//! | | [`ops`] | the ops tools: replay, failed-delivery listing, delivery inspection, test webhooks, admin output |
+//! | | [`console`] | the admin console: web UI and JSON API over `commands` and `ops`, its auth and audit trail |
 //! | consume loops | [`processor`] | the event loop: decode, match, dispatch, dead-letter |
 //! | | [`retries`] | the retry-tier and replay loops: hold each task until due, dispatch |
 //! | mapping | [`dispatch`] | event → delivery tasks, and the interface the loops hand work to |
@@ -33,6 +34,7 @@ pub mod avro;
 pub mod body;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod dispatch;
 pub mod events;

@@ -13,7 +13,7 @@ use mgpass_webhooks::metrics::Metrics;
 use mgpass_webhooks::ops::{self, admin, admin::choose_secret, admin::SecretSource};
 use mgpass_webhooks::subscriptions::SubscriptionRecord;
 use mgpass_webhooks::topics::{self, SetupOutcome};
-use mgpass_webhooks::{app, commands};
+use mgpass_webhooks::{app, commands, console};
 use mgpass_webhooks::{healthcheck, kafka, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +89,13 @@ enum Command {
         #[arg(long, value_parser = ["topic_name", "record_name"])]
         subject_strategy: Option<String>,
     },
+    /// The admin console: a web UI and JSON API on console.listen (login required). With
+    /// `hash-password`, prints the argon2 hash of a password for console.accounts.
+    #[command(args_conflicts_with_subcommands = true)]
+    Console {
+        #[command(subcommand)]
+        command: Option<ConsoleCommand>,
+    },
     /// Probe the admin server's /livez (exit 0 on 200, else 1): the container health check.
     Healthcheck {
         /// URL to GET instead of http://<admin.listen>/livez (0.0.0.0 probed as 127.0.0.1).
@@ -97,6 +104,20 @@ enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Read a password from standard input (one line) and print its argon2id hash, the
+    /// `password_hash` of a console.accounts entry.
+    HashPassword {
+        /// Also print a TOML entry for console.accounts with this user name.
+        #[arg(long)]
+        username: Option<String>,
+        /// The role of that entry: admin or viewer.
+        #[arg(long, default_value = "admin", value_parser = ["admin", "viewer"])]
+        role: String,
     },
 }
 
@@ -116,6 +137,31 @@ enum SubscriptionsCommand {
     },
     /// List every subscription (secrets as fingerprints).
     List,
+    /// Enable a subscription (keeps everything else).
+    Enable {
+        #[arg(long)]
+        id: String,
+    },
+    /// Disable a subscription (keeps everything else).
+    Disable {
+        #[arg(long)]
+        id: String,
+    },
+    /// Give a subscription a new generated secret, printed once.
+    RotateSecret {
+        #[arg(long)]
+        id: String,
+    },
+    /// Send a sample event to this subscription only, through the normal delivery path
+    /// (the replay topic: signed, logged, retried). Prints the delivery id.
+    Test {
+        #[arg(long)]
+        id: String,
+        /// Event type of the sample (default: the subscription's first, or
+        /// rewards.points_awarded).
+        #[arg(long)]
+        event_type: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -244,6 +290,39 @@ async fn execute(command: Command, mut config: Config) -> Result<()> {
                 .await
                 .map(|_| ())
         }
+        Command::Deliveries(ops::failed::DeliveriesCommand::List(args)) => {
+            ops::deliveries::list(&config, &args, &mut std::io::stdout().lock())
+                .await
+                .map(|_| ())
+        }
+        Command::Console { command: None } => {
+            let cancel = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(cancel.clone()));
+            console::serve(config, cancel, None).await
+        }
+        Command::Console {
+            command: Some(ConsoleCommand::HashPassword { username, role }),
+        } => {
+            let mut line = String::new();
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("password (shown as you type; Enter ends it): ");
+            }
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| anyhow!("reading the password from standard input: {e}"))?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            let hash = console::auth::hash_password(password).map_err(ops::UsageError)?;
+            println!("{hash}");
+            if let Some(user) = username {
+                eprintln!(
+                    "[[console.accounts]]\nusername = {}\npassword_hash = {}\nrole = {}",
+                    toml_str(&user),
+                    toml_str(&hash),
+                    toml_str(&role)
+                );
+            }
+            Ok(())
+        }
         Command::ProduceSample {
             event_type,
             user_id,
@@ -341,6 +420,31 @@ async fn subscriptions(cmd: SubscriptionsCommand, config: &Config) -> Result<()>
             println!("{}", admin::describe(&sub));
             Ok(())
         }
+        SubscriptionsCommand::Enable { id } => {
+            let sub = commands::set_enabled(config, &id, true).await?;
+            println!("{}", admin::describe(&sub));
+            Ok(())
+        }
+        SubscriptionsCommand::Disable { id } => {
+            let sub = commands::set_enabled(config, &id, false).await?;
+            println!("{}", admin::describe(&sub));
+            Ok(())
+        }
+        SubscriptionsCommand::RotateSecret { id } => {
+            let (sub, secret) = commands::rotate_secret(config, &id).await?;
+            println!("{}", admin::describe(&sub));
+            // Shown once, on stdout only, as for a generated secret.
+            println!("secret: {}", secret.expose());
+            Ok(())
+        }
+        SubscriptionsCommand::Test { id, event_type } => {
+            let task = ops::test_webhook::send(config, &id, event_type.as_deref()).await?;
+            println!(
+                "test webhook {} ({}) queued for {} on {}",
+                task.delivery_id, task.event_type, task.subscription_id, config.topics.replay
+            );
+            Ok(())
+        }
         SubscriptionsCommand::List => {
             let table = commands::load_table(config).await?;
             for sub in table.snapshot() {
@@ -372,6 +476,11 @@ fn describe_invalid(id: &str, why: &mgpass_webhooks::subscriptions::InvalidLates
         "offset": why.offset,
     })
     .to_string()
+}
+
+/// `s` as a TOML basic string.
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 /// The first SIGTERM/SIGINT cancels (graceful shutdown); a second exits at once.

@@ -1,6 +1,7 @@
 //! Topic setup: every topic of SPEC §2 with its policy. The subscriptions topic is compacted; the
 //! delivery-log and failed topics keep records for `topic_setup.long_retention_ms`; the rest use
-//! `delete` with `topic_setup.retention_ms`. Creating an existing topic is harmless: it is
+//! `delete` with `topic_setup.retention_ms`, except the console's audit topic (one partition,
+//! `topic_setup.audit_retention_ms`). Creating an existing topic is harmless: it is
 //! reported as existing, and a policy that differs from ours is reported, never altered.
 
 use std::collections::HashMap;
@@ -64,6 +65,8 @@ pub fn specs(config: &Config) -> Vec<TopicSpec> {
         spec(&t.delivery_log, s.partitions, delete(s.long_retention_ms)),
         spec(&t.failed, s.partitions, delete(s.long_retention_ms)),
         spec(&t.invalid, s.partitions, delete(s.retention_ms)),
+        // One partition: the audit trail is read in the order things happened.
+        spec(&t.audit, 1, delete(s.audit_retention_ms)),
     ]
 }
 
@@ -141,7 +144,12 @@ mod tests {
     #[test]
     fn every_topic_has_its_policy() {
         let specs = specs(&Config::default());
-        assert_eq!(specs.len(), 9);
+        assert_eq!(specs.len(), 10);
+        let audit = specs.iter().find(|s| s.name == "webhooks.audit").unwrap();
+        assert_eq!(audit.partitions, 1);
+        assert!(audit
+            .configs
+            .contains(&("retention.ms", "31536000000".into())));
         let policy = |name: &str| {
             let s = specs.iter().find(|s| s.name == name).unwrap();
             s.configs

@@ -73,17 +73,52 @@ pub fn fingerprint(secret: &Secret) -> String {
     hex::encode(&digest[..4])
 }
 
+/// A subscription as admins see it, in the CLI's listings and the console: the secret as its
+/// fingerprint, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriptionView {
+    pub id: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub client_id: Option<String>,
+    pub secret_fingerprint: String,
+    pub enabled: bool,
+}
+
+impl SubscriptionView {
+    pub fn of(sub: &Subscription) -> Self {
+        SubscriptionView {
+            id: sub.id.clone(),
+            url: sub.url.to_string(),
+            event_types: sub.event_types.clone(),
+            client_id: sub.client_id.clone(),
+            secret_fingerprint: fingerprint(&sub.secret),
+            enabled: sub.enabled,
+        }
+    }
+
+    /// Whether `query` (case-insensitive) occurs in the id, URL, client scope, an event type
+    /// or the fingerprint: the console's search. An empty query matches everything.
+    pub fn matches_search(&self, query: &str) -> bool {
+        let q = query.trim().to_lowercase();
+        q.is_empty()
+            || [&self.id, &self.url, &self.secret_fingerprint]
+                .iter()
+                .any(|f| f.to_lowercase().contains(&q))
+            || self
+                .client_id
+                .as_deref()
+                .is_some_and(|c| c.to_lowercase().contains(&q))
+            || self
+                .event_types
+                .iter()
+                .any(|t| t.to_lowercase().contains(&q))
+    }
+}
+
 /// One subscription as a JSON line for `get` / `list` / `put`: the secret as its fingerprint.
 pub fn describe(sub: &Subscription) -> String {
-    serde_json::json!({
-        "id": sub.id,
-        "url": sub.url.as_str(),
-        "event_types": sub.event_types,
-        "client_id": sub.client_id,
-        "secret_fingerprint": fingerprint(&sub.secret),
-        "enabled": sub.enabled,
-    })
-    .to_string()
+    serde_json::to_string(&SubscriptionView::of(sub)).expect("a view serialises")
 }
 
 #[cfg(test)]
@@ -155,6 +190,20 @@ mod tests {
         let expected = hex::encode(&Sha256::digest(STRONG.as_bytes())[..4]);
         assert_eq!(v["secret_fingerprint"], expected.as_str());
         assert_eq!(expected.len(), 8);
+        let view = SubscriptionView::of(&sub);
+        for (q, hit) in [
+            ("", true),
+            ("SUB_1", true),
+            ("p.example", true),
+            ("*", true),
+            ("zzz", false),
+        ] {
+            assert_eq!(view.matches_search(q), hit, "{q:?}");
+        }
+        assert!(
+            view.matches_search(&expected),
+            "the fingerprint is searchable"
+        );
         assert_eq!(
             fingerprint(&Secret::new("a")),
             "ca978112",

@@ -122,6 +122,8 @@ pub struct ListArgs {
 pub enum DeliveriesCommand {
     /// Print every attempt of one delivery from the delivery log.
     Show(ShowArgs),
+    /// Print a subscription's recent deliveries, newest first (the delivery log from --since).
+    List(super::deliveries::ListDeliveriesArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -186,13 +188,23 @@ pub fn render_failed<'a>(
     Ok(())
 }
 
-/// `failed list`: prints the table to `out`; returns the number of selected records.
-pub async fn list(config: &Config, args: &ListArgs, out: &mut impl Write) -> Result<usize> {
-    let read = read_failed(config, &args.select).await?;
+/// The selected failed records and the index of their replays since they failed: what
+/// `failed list` and the console's failed page show.
+pub async fn read_failed_with_replays(
+    config: &Config,
+    select: &SelectorArgs,
+) -> Result<(FailedRead, super::replay::ReplayIndex)> {
+    let read = read_failed(config, select).await?;
     let replays = match super::replay::replay_lookback(&read.selected, false) {
         Some(from) => super::replay::ReplayIndex::read(config, from).await?,
         None => Default::default(),
     };
+    Ok((read, replays))
+}
+
+/// `failed list`: prints the table to `out`; returns the number of selected records.
+pub async fn list(config: &Config, args: &ListArgs, out: &mut impl Write) -> Result<usize> {
+    let (read, replays) = read_failed_with_replays(config, &args.select).await?;
     render_failed(
         &read.selected,
         |r| replays.replayed_by(&r.task.delivery_id, &r.at),

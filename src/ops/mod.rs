@@ -1,5 +1,6 @@
-//! The operator tools (SPEC §4, §7): the replay job, `failed list`, `deliveries show`, and the
-//! secret handling of subscription admin. Each tool is a bounded job: it reads the topics it needs
+//! The operator tools (SPEC §4, §7): the replay job, `failed list`, `deliveries show` and
+//! `deliveries list`, the test webhook, and the secret handling of subscription admin. The CLI
+//! and the admin console (`crate::console`) both call these functions. Each tool is a bounded job: it reads the topics it needs
 //! without a consumer group, up to the end offsets captured when it started ([`read`]), and stops.
 //!
 //! This module owns what the tools share: the record selectors of `replay` and `failed list`
@@ -8,10 +9,12 @@
 //! not (table-tested); a bad selector value fails before anything is read, naming the flag.
 
 pub mod admin;
+pub mod deliveries;
 pub mod failed;
 pub mod progress;
 pub mod read;
 pub mod replay;
+pub mod test_webhook;
 
 use clap::Args;
 
@@ -99,6 +102,35 @@ impl SelectorArgs {
     }
 }
 
+impl SelectorArgs {
+    /// Selectors from name/value pairs, named as the CLI's flags without dashes (`subscription`,
+    /// `event_type`, `delivery_id`, `reason`, `since`, `until`; the console's forms and query
+    /// strings), each value checked as the CLI checks it. Empty values are ignored; other names
+    /// are left to the caller. A bad value fails naming its field.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        now_ms: i64,
+    ) -> Result<SelectorArgs, (&'static str, String)> {
+        let mut s = SelectorArgs::default();
+        for (k, v) in pairs {
+            let v = v.trim();
+            if v.is_empty() {
+                continue;
+            }
+            match k {
+                "subscription" => s.subscriptions.push(v.to_string()),
+                "event_type" => s.event_types.push(v.to_string()),
+                "delivery_id" => s.delivery_ids.push(v.to_string()),
+                "reason" => s.reasons.push(parse_reason(v).map_err(|e| ("reason", e))?),
+                "since" => s.since = Some(parse_time_at(v, now_ms).map_err(|e| ("since", e))?),
+                "until" => s.until = Some(parse_time_at(v, now_ms).map_err(|e| ("until", e))?),
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+}
+
 /// The last outcomes a failed record can carry, for `--reason`.
 pub fn known_reasons() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = Outcome::ALL
@@ -110,7 +142,8 @@ pub fn known_reasons() -> Vec<&'static str> {
     all
 }
 
-fn parse_reason(s: &str) -> Result<String, String> {
+/// A `--reason` value: one of [`known_reasons`].
+pub fn parse_reason(s: &str) -> Result<String, String> {
     if known_reasons().contains(&s) {
         Ok(s.to_string())
     } else {
@@ -252,6 +285,38 @@ mod tests {
                 assert!(e.contains("RFC 3339"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn selectors_from_pairs_are_checked_like_flags() {
+        let now = 1_000_000_000_000;
+        let s = SelectorArgs::from_pairs(
+            [
+                ("subscription", "a"),
+                ("subscription", "b"),
+                ("event_type", ""),
+                ("reason", "timeout"),
+                ("since", "1h"),
+                ("other", "x"),
+            ],
+            now,
+        )
+        .unwrap();
+        assert_eq!(s.subscriptions, ["a", "b"]);
+        assert!(s.event_types.is_empty(), "an empty value is no selector");
+        assert_eq!(s.since, Some(now - 3_600_000));
+        assert_eq!(
+            SelectorArgs::from_pairs([("since", "soon")], now)
+                .unwrap_err()
+                .0,
+            "since"
+        );
+        assert_eq!(
+            SelectorArgs::from_pairs([("reason", "success")], now)
+                .unwrap_err()
+                .0,
+            "reason"
+        );
     }
 
     #[test]

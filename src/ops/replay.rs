@@ -317,10 +317,28 @@ impl Errors {
     }
 }
 
+/// Progress of a running job for another observer than standard error (the console's progress
+/// bar): records planned, and acknowledged so far.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub planned: std::sync::atomic::AtomicU64,
+    pub produced: std::sync::atomic::AtomicU64,
+}
+
 /// Runs the job: prints the plan (dry run) or the summary to `out`, progress to standard error.
 /// Fails on a usage error before reading anything, and after producing when any record was not
 /// acknowledged.
 pub async fn run(config: &Config, args: &ReplayArgs, out: &mut impl Write) -> Result<Summary> {
+    run_observed(config, args, out, None).await
+}
+
+/// [`run`], also counting progress into `observed` (the console runs the job this way).
+pub async fn run_observed(
+    config: &Config,
+    args: &ReplayArgs,
+    out: &mut impl Write,
+    observed: Option<&Observed>,
+) -> Result<Summary> {
     if args.select.is_empty() && !args.all {
         return Err(UsageError(
             "replay: no selector given; name at least one of --subscription, --event-type, \
@@ -391,7 +409,21 @@ pub async fn run(config: &Config, args: &ReplayArgs, out: &mut impl Write) -> Re
     }
     let planned_in = started.elapsed().as_secs_f64();
     let producing = Instant::now();
-    let errors = produce(config, &plan.replay, &run_id, args.rate, &mut summary).await?;
+    if let Some(o) = observed {
+        o.planned.store(
+            plan.replay.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    let errors = produce(
+        config,
+        &plan.replay,
+        &run_id,
+        args.rate,
+        &mut summary,
+        observed,
+    )
+    .await?;
     let produce_secs = producing.elapsed().as_secs_f64().max(0.001);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.error_count = errors.count;
@@ -490,6 +522,7 @@ async fn produce(
     run_id: &str,
     rate: Option<u32>,
     summary: &mut Summary,
+    observed: Option<&Observed>,
 ) -> Result<Errors> {
     let producer = crate::kafka::producer(config)?;
     let topic = &config.topics.replay;
@@ -502,6 +535,12 @@ async fn produce(
     let mut acks = FuturesUnordered::new();
     let start = Instant::now();
     let mut acked = 0u64;
+    let report = |acked: u64| {
+        if let Some(o) = observed {
+            o.produced
+                .store(acked, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     let settle =
         |r: (String, Result<(), KafkaError>), acked: &mut u64, errors: &mut Errors| match r.1 {
             Ok(()) => *acked += 1,
@@ -554,10 +593,12 @@ async fn produce(
             settle(r, &mut acked, &mut errors);
         }
         progress.show(acked, start.elapsed());
+        report(acked);
     }
     while let Some(r) = acks.next().await {
         settle(r, &mut acked, &mut errors);
         progress.show(acked, start.elapsed());
+        report(acked);
     }
     progress.finish(acked, start.elapsed());
     summary.produced = acked;

@@ -9,11 +9,13 @@
 //! | [`records`] | builders of subscription and rewards event record values |
 //! | [`process`] | the processor binary as a child process: spawn, signal, wait, probe, stop |
 //! | [`registry`] | the schema registry of Avro tests: the shared one (`MGPASS_TEST_REGISTRY`), or one of a test's own |
+//! | [`console`] | the admin console in-process, and a client that logs in and calls it |
 //! | [`dispatch`] | a dispatcher that hands every event to the test instead of delivering it |
 //!
 //! Kafka fixtures talk to the broker at `MGPASS_TEST_BOOTSTRAP` (default 127.0.0.1:9092;
 //! `scripts/test.sh` starts one) and fail loudly when none answers: they never skip.
 
+pub mod console;
 pub mod dispatch;
 pub mod fixtures;
 pub mod https;

@@ -72,7 +72,11 @@ pub fn config_toml(c: &Config) -> String {
         c.kafka.events_offset_reset.clone().into(),
     );
     for (setting, name) in c.topics.all() {
-        set(setting, name.into());
+        // The processor never touches the console's audit topic, and a binary from before the
+        // console would refuse the setting.
+        if setting != "topics.audit" {
+            set(setting, name.into());
+        }
     }
     if let Some(ca) = &c.http.ca_bundle {
         set("http.ca_bundle", ca.display().to_string().into());

@@ -144,3 +144,41 @@ so an existing Secret needs only the keys it uses.
 {{- define "mgpass-webhooks.podSecurityContext" -}}
 {{- toYaml .Values.podSecurityContext }}
 {{- end }}
+
+{{/* The console's Secret (its config.toml, and the session key when given in values). */}}
+{{- define "mgpass-webhooks.consoleName" -}}
+{{- printf "%s-console" (include "mgpass-webhooks.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The console's config.toml: the release's config plus the [console] section and accounts. */}}
+{{- define "mgpass-webhooks.consoleToml" -}}
+{{- $c := .Values.console }}
+{{- if and (eq $c.auth "accounts") (not $c.accounts) }}
+{{- fail "console.accounts: console.auth is accounts but no account is given (hash a password with `mgpass-webhooks console hash-password`)" }}
+{{- end }}
+{{- if and (eq $c.auth "proxy") (not $c.proxy.trusted) }}
+{{- fail "console.proxy.trusted: console.auth is proxy but no trusted proxy address is given" }}
+{{- end }}
+{{- if and (gt (int $c.replicas) 1) (not $c.sessionKey) (not $c.existingSecret) }}
+{{- fail "console.sessionKey: more than one console replica needs a shared session key (console.sessionKey or console.existingSecret)" }}
+{{- end }}
+{{- include "mgpass-webhooks.configToml" . }}
+
+[console]
+listen = {{ printf "0.0.0.0:%d" (int $c.port) | toJson }}
+auth = {{ $c.auth | toJson }}
+proxy_user_header = {{ $c.proxy.userHeader | toJson }}
+proxy_admins = {{ $c.proxy.admins | default list | toJson }}
+proxy_trusted = {{ $c.proxy.trusted | default list | toJson }}
+session_ttl_secs = {{ int64 $c.sessionTtlSecs }}
+cookie_secure = {{ $c.cookieSecure }}
+login_attempts_per_minute = {{ int64 $c.loginAttemptsPerMinute }}
+deliveries_lookback_secs = {{ int64 $c.deliveriesLookbackSecs }}
+{{- range $c.accounts }}
+
+[[console.accounts]]
+username = {{ .username | toJson }}
+password_hash = {{ .passwordHash | toJson }}
+role = {{ .role | toJson }}
+{{- end }}
+{{- end }}
