@@ -2,7 +2,7 @@
 # The benchmark command of issue #4: `bash scripts/bench.sh [mgpass-bench args...]`
 #
 #   bash scripts/bench.sh --smoke                 # tiny sizes (CI): every figure, no verdicts
-#   bash scripts/bench.sh                         # every scenario at full size (a few minutes)
+#   bash scripts/bench.sh                         # every scenario at full size (~45 min; g alone ~32)
 #   bash scripts/bench.sh --scenario a,c --markdown
 #   bash scripts/bench.sh --help                  # every option of mgpass-bench
 #

@@ -290,7 +290,10 @@ async fn topic_setup_twice_is_harmless_and_compacts_subscriptions() {
     let c = testkit::config("setup");
     testkit::setup_topics(&c).await;
     let again = topics::setup(&c).await.unwrap();
-    assert_eq!(again.len(), 9);
+    // Every topic of the product (events, subscriptions, three retry tiers, replay, delivery
+    // log, failed, invalid, audit), each found in place.
+    assert_eq!(again.len(), 10);
+    assert_eq!(again.len(), topics::specs(&c).len());
     for (name, outcome) in again {
         assert_eq!(outcome, SetupOutcome::Existed, "{name}");
     }
