@@ -63,6 +63,8 @@ pub struct Processor<D> {
     /// `delivery.max_pending_deliveries`: a matched event holds one permit per delivery
     /// (at most all of them) until its deliveries are done.
     pending: Arc<tokio::sync::Semaphore>,
+    /// Held while one event matches and waits for its share of `pending`.
+    budget_turn: tokio::sync::Mutex<()>,
     /// JSON and Avro events, Avro schemas from the registry.
     decoder: EventDecoder,
 }
@@ -123,6 +125,7 @@ impl<D: Dispatcher> Processor<D> {
             pending: Arc::new(tokio::sync::Semaphore::new(
                 config.delivery.max_pending_deliveries,
             )),
+            budget_turn: tokio::sync::Mutex::new(()),
             decoder: EventDecoder::new(&config.registry)?,
         })
     }
@@ -236,6 +239,13 @@ impl<D: Dispatcher> Processor<D> {
                 "event carries integers beyond 2^53; sent as JavaScript reads them"
             );
         }
+        // Memory is bounded in deliveries, not only in records: an event's matched
+        // subscriptions are taken only when its deliveries fit in the budget. One event at a
+        // time matches and waits for its share (in order); the others wait before matching,
+        // holding nothing but their decoded event — 4,096 records each matching 20,000
+        // subscriptions would otherwise hold 4,096 lists of 20,000 while they wait. An event
+        // that matches more than the whole budget takes all of it.
+        let turn = self.budget_turn.lock().await;
         let subs = self
             .table
             .matching(&event.event_type, event.client_id.as_deref());
@@ -250,9 +260,6 @@ impl<D: Dispatcher> Processor<D> {
             partition = source.partition, offset = source.offset,
             event_type = %event.event_type, matches = subs.len(), "event matched"
         );
-        // Memory is bounded in deliveries, not only in records: wait (in order; the semaphore
-        // is fair) until this event's deliveries fit in the budget. One that matches more than
-        // the whole budget takes all of it.
         let wanted = subs.len().min(self.config.delivery.max_pending_deliveries) as u32;
         let _budget = if wanted > 0 {
             let permit = self
@@ -270,6 +277,7 @@ impl<D: Dispatcher> Processor<D> {
         } else {
             None
         };
+        drop(turn);
         self.dispatcher
             .dispatch_event(source, Arc::new(event), subs)
             .await
