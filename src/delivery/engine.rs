@@ -6,7 +6,9 @@
 //! it is busy and the wait for one would exceed `delivery.endpoint_stall_ms` — nothing freed
 //! for that long, or a queue that takes longer to drain at the recent request duration — its
 //! attempts fail at once as `endpoint_saturated` instead of holding slots that other endpoints
-//! need), writes the delivery-log record, and schedules the next
+//! need; and an attempt unanswered for `delivery.slow_request_ms` marks its endpoint slow, and
+//! slow endpoints together hold at most `delivery.slow_share_percent` of the global budget),
+//! writes the delivery-log record, and schedules the next
 //! attempt in its retry tier or, after the last attempt, writes the failed record. It returns only
 //! when every record it produced is acknowledged by Kafka, so callers can release the input
 //! offset.
