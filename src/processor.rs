@@ -204,6 +204,14 @@ impl<D: Dispatcher> Processor<D> {
         in_flight.finish(deadline).await
     }
 
+    fn matching(
+        &self,
+        event: &crate::events::RewardsEvent,
+    ) -> Vec<Arc<crate::subscriptions::Subscription>> {
+        self.table
+            .matching(&event.event_type, event.client_id.as_deref())
+    }
+
     async fn handle(&self, m: &OwnedMessage) -> Result<()> {
         let source = SourceRef {
             topic: m.topic().to_string(),
@@ -245,10 +253,33 @@ impl<D: Dispatcher> Processor<D> {
         // holding nothing but their decoded event — 4,096 records each matching 20,000
         // subscriptions would otherwise hold 4,096 lists of 20,000 while they wait. An event
         // that matches more than the whole budget takes all of it.
-        let turn = self.budget_turn.lock().await;
-        let subs = self
-            .table
-            .matching(&event.event_type, event.client_id.as_deref());
+        let mut subs = self.matching(&event);
+        let max = self.config.delivery.max_pending_deliveries;
+        let mut wanted = subs.len().min(max) as u32;
+        // Usually the budget has room: take it at once, no lock. Otherwise give the list back
+        // and wait in turn, so a waiting event holds no list of matches (4,096 records each
+        // matching 20,000 subscriptions would hold 4,096 such lists); the one whose turn it is
+        // matches again (the table may have changed) and waits for its share, in order.
+        let permit = match self.pending.clone().try_acquire_many_owned(wanted) {
+            Ok(p) => p,
+            Err(_) => {
+                drop(subs);
+                let _turn = self.budget_turn.lock().await;
+                subs = self.matching(&event);
+                wanted = subs.len().min(max) as u32;
+                self.pending
+                    .clone()
+                    .acquire_many_owned(wanted)
+                    .await
+                    .context("the delivery budget closed")?
+            }
+        };
+        self.metrics.pending_deliveries.add(i64::from(wanted));
+        let _budget = PendingGuard {
+            _permit: permit,
+            metrics: &self.metrics,
+            n: wanted,
+        };
         let outcome = if subs.is_empty() {
             EventOutcome::Unmatched
         } else {
@@ -260,24 +291,6 @@ impl<D: Dispatcher> Processor<D> {
             partition = source.partition, offset = source.offset,
             event_type = %event.event_type, matches = subs.len(), "event matched"
         );
-        let wanted = subs.len().min(self.config.delivery.max_pending_deliveries) as u32;
-        let _budget = if wanted > 0 {
-            let permit = self
-                .pending
-                .clone()
-                .acquire_many_owned(wanted)
-                .await
-                .context("the delivery budget closed")?;
-            self.metrics.pending_deliveries.add(i64::from(wanted));
-            Some(PendingGuard {
-                _permit: permit,
-                metrics: &self.metrics,
-                n: wanted,
-            })
-        } else {
-            None
-        };
-        drop(turn);
         self.dispatcher
             .dispatch_event(source, Arc::new(event), subs)
             .await
