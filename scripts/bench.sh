@@ -38,6 +38,10 @@ if [[ -s "${pid_file}" ]]; then
   broker_pid="$(tr -d '[:space:]' <"${pid_file}")"
   if [[ "${broker_pid}" =~ ^[0-9]+$ ]] && kill -0 "${broker_pid}" 2>/dev/null; then
     broker_args=(--broker-pid "${broker_pid}")
+    # Its request counters over JMX (kafka.sh starts every broker with JMX on loopback).
+    if KAFKA_DATA_DIR="${KAFKA_DATA_DIR:-${REPO_ROOT}/.local/kafka}" bash "${SCRIPT_DIR}/kafka.sh" requests >/dev/null 2>&1; then
+      broker_args+=(--broker-requests-cmd "KAFKA_DATA_DIR='${KAFKA_DATA_DIR:-${REPO_ROOT}/.local/kafka}' bash '${SCRIPT_DIR}/kafka.sh' requests")
+    fi
   fi
 fi
 

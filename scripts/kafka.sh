@@ -2,7 +2,12 @@
 # Fetch, start and stop a real single-node Apache Kafka (KRaft, combined
 # broker+controller) as a plain local Java process -- no Docker needed.
 #
-# Usage: scripts/kafka.sh {fetch|start|stop|status|reset}
+# Usage: scripts/kafka.sh {fetch|start|stop|status|reset|requests}
+#
+#   requests   the broker's request counters since it started, read over JMX (loopback only):
+#              one line per request type, `<type> <count> <request bytes>`, then
+#              `MessagesIn <count>`, `BytesIn <bytes>` and `BytesOut <bytes>` (the benchmark reads
+#              them before and after each run)
 #
 # Environment:
 #   KAFKA_VERSION          Kafka version to fetch/run            (default 4.1.1)
@@ -11,6 +16,7 @@
 #   KAFKA_DATA_DIR         config/logs/data dir          (default <repo>/.local/kafka)
 #   KAFKA_PORT             PLAINTEXT listener port                (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener port         (default 9093)
+#   KAFKA_JMX_PORT         JMX port, bound to 127.0.0.1, no auth  (default KAFKA_PORT + 100)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to come up (default 120)
 #   KAFKA_HEAP_OPTS        JVM heap options           (default -Xms1g -Xmx1g, as Kafka's own start script)
 #   JAVA_HOME              if set, $JAVA_HOME/bin/java is used, else `java` on PATH
@@ -36,6 +42,7 @@ FETCH_MARKER="${KAFKA_HOME}/.fetch-complete"
 DATA_DIR="${KAFKA_DATA_DIR:-${REPO_ROOT}/.local/kafka}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_JMX_PORT="${KAFKA_JMX_PORT:-$((KAFKA_PORT + 100))}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}"
 
@@ -327,6 +334,10 @@ cmd_start() {
   nohup "${launcher[@]}" bash -c 'echo "$$" >"$1"; shift; exec "$@"' _ "${PID_FILE}" \
     "${JAVA}" ${HEAP_OPTS} -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
     -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -Djava.awt.headless=true \
+    -Dcom.sun.management.jmxremote -Dcom.sun.management.jmxremote.host=127.0.0.1 \
+    -Djava.rmi.server.hostname=127.0.0.1 -Dcom.sun.management.jmxremote.port="${KAFKA_JMX_PORT}" \
+    -Dcom.sun.management.jmxremote.rmi.port="${KAFKA_JMX_PORT}" \
+    -Dcom.sun.management.jmxremote.authenticate=false -Dcom.sun.management.jmxremote.ssl=false \
     -Dlog4j2.configurationFile="${LOG4J_FILE}" \
     -cp "$(java_cp)" kafka.Kafka "${CONFIG_FILE}" \
     </dev/null >"${CONSOLE_LOG}" 2>&1 &
@@ -430,6 +441,39 @@ cmd_reset() {
   fi
 }
 
+# --------------------------------------------------------------- requests
+
+# The broker's request counters over JMX (Kafka's own JmxTool from kafka-tools), summed over
+# request versions: what the benchmark divides by its deliveries.
+cmd_requests() {
+  running_pid >/dev/null || die "Kafka is not running (data ${DATA_DIR})"
+  local url="service:jmx:rmi:///jndi/rmi://127.0.0.1:${KAFKA_JMX_PORT}/jmxrmi"
+  "${JAVA}" -Xms16m -Xmx64m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$(java_cp)" \
+    -Dlog4j2.configurationFile="${TOOLS_LOG4J_FILE}" org.apache.kafka.tools.JmxTool \
+    --jmx-url "${url}" --one-time true --report-format properties --attributes Count,Mean \
+    --object-name 'kafka.network:type=RequestMetrics,name=RequestsPerSec,*' \
+    --object-name 'kafka.network:type=RequestMetrics,name=RequestBytes,*' \
+    --object-name 'kafka.server:type=BrokerTopicMetrics,name=MessagesInPerSec' \
+    --object-name 'kafka.server:type=BrokerTopicMetrics,name=BytesInPerSec' \
+    --object-name 'kafka.server:type=BrokerTopicMetrics,name=BytesOutPerSec' 2>/dev/null |
+    awk '
+      # kafka.network:type=RequestMetrics,name=RequestsPerSec,request=Fetch,version=17:Count=12
+      match($0, /name=RequestsPerSec,request=[A-Za-z]+/) {
+        t = substr($0, RSTART + 28, RLENGTH - 28); split($0, kv, ":Count="); n[t] += kv[2]; next
+      }
+      match($0, /name=RequestBytes,request=[A-Za-z]+:(Count|Mean)=/) {
+        split(substr($0, RSTART + 26), p, ":"); split(p[2], kv, "=")
+        if (kv[1] == "Count") bc[p[1]] = kv[2]; else bm[p[1]] = kv[2]; next
+      }
+      match($0, /name=(MessagesIn|BytesIn|BytesOut)PerSec:Count=/) {
+        split($0, a, "name="); split(a[2], b, "PerSec:Count="); total[b[1]] = b[2]; next
+      }
+      END {
+        for (t in n) if (n[t] > 0) printf "%s %d %.0f\n", t, n[t], bc[t] * bm[t]
+        for (k in total) printf "%s %d\n", k, total[k]
+      }' | sort
+}
+
 # ------------------------------------------------------------------- main
 
 usage() {
@@ -443,6 +487,7 @@ case "${1:-}" in
   stop) cmd_stop ;;
   status) cmd_status ;;
   reset) cmd_reset ;;
+  requests) cmd_requests ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

@@ -27,8 +27,10 @@
 //! | | [`metrics`] | the closed set of Prometheus metrics |
 //! | | [`topics`] | creation of every topic of the product with its policy |
 //! | | [`config`], [`secret`], [`telemetry`] | layered settings, the redacting secret type, logs |
+//! | | [`allocator`] | the global allocator's settings (how long freed memory is kept) |
 
 pub mod admin_server;
+pub mod allocator;
 pub mod app;
 pub mod avro;
 pub mod body;

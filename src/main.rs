@@ -17,7 +17,8 @@ use mgpass_webhooks::{app, commands, console};
 use mgpass_webhooks::{healthcheck, kafka, telemetry};
 use tokio_util::sync::CancellationToken;
 
-// glibc malloc/free was about a quarter of the processor's CPU under load (docs/benchmarks.md).
+// glibc malloc/free was about a quarter of the processor's CPU under load (docs/benchmarks.md);
+// its settings are `mgpass_webhooks::allocator`'s.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -193,6 +194,7 @@ struct PutArgs {
 }
 
 fn main() -> ExitCode {
+    mgpass_webhooks::allocator::tune();
     let cli = Cli::parse();
     let overrides = Overrides {
         bootstrap_servers: cli.bootstrap_servers.clone(),

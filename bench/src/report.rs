@@ -130,6 +130,12 @@ pub struct RunResult {
     pub cpu: CpuDelta,
     /// Processor CPU seconds per 1,000 healthy deliveries (ready → done).
     pub cpu_per_1k: Option<f64>,
+    /// Broker CPU seconds per 1,000 healthy deliveries over the same window.
+    pub broker_cpu_per_1k: Option<f64>,
+    /// The processor's CPU per delivery ÷ the ceiling's client + receiver CPU per request.
+    pub cpu_vs_ceiling: Option<f64>,
+    /// The broker's requests during the run, by type (`--broker-requests-cmd`).
+    pub broker_requests: BTreeMap<String, crate::broker::RequestDelta>,
     /// VmHWM of the processor at the end, in MB (10^6 bytes).
     pub rss_peak_mb: Option<f64>,
     /// VmRSS of the processor right after ready, in MB.
@@ -147,6 +153,14 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// The broker's CPU per delivery ÷ the processor's.
+    pub fn broker_vs_processor(&self) -> Option<f64> {
+        match (self.broker_cpu_per_1k, self.cpu_per_1k) {
+            (Some(b), Some(p)) if p > 0.0 => Some(b / p),
+            _ => None,
+        }
+    }
+
     /// The id with the label, as shown.
     pub fn name(&self) -> String {
         match &self.label {
@@ -171,7 +185,7 @@ fn rate(x: f64) -> String {
     }
 }
 
-const HEADERS: [&str; 15] = [
+const HEADERS: [&str; 18] = [
     "run",
     "deliveries",
     "sustained/s",
@@ -180,6 +194,9 @@ const HEADERS: [&str; 15] = [
     "p99 ms",
     "p99.9 ms",
     "CPU s/1k",
+    "÷ ceiling CPU",
+    "broker CPU s/1k",
+    "broker ÷ proc",
     "peak RSS MB",
     "ceiling/s",
     "ceiling p99 ms",
@@ -216,6 +233,9 @@ fn row(r: &RunResult) -> Vec<String> {
         lat(r.latency.p99),
         lat(r.latency.p999),
         opt(r.cpu_per_1k, 3),
+        opt(r.cpu_vs_ceiling, 2),
+        opt(r.broker_cpu_per_1k, 3),
+        opt(r.broker_vs_processor(), 2),
         opt(r.rss_peak_mb, 0),
         ceil_rate,
         ceil_p99,
@@ -338,6 +358,27 @@ pub fn details(r: &RunResult) -> String {
             c.latency.p99,
             c.latency.p999,
             opt(c.bench_cpu_per_1k, 3),
+        );
+    }
+    if !r.broker_requests.is_empty() {
+        let per = |n: f64| n / (r.delivered.max(1) as f64) * 1000.0;
+        let shown: Vec<String> = r
+            .broker_requests
+            .iter()
+            .filter(|(_, d)| per(d.count) >= 0.05)
+            .map(|(k, d)| match k.as_str() {
+                "MessagesIn" => format!("records in {:.0}", per(d.count)),
+                "BytesIn" | "BytesOut" => format!("{k} {:.0} KB", per(d.count) / 1000.0),
+                _ if d.bytes > 0.0 => {
+                    format!("{k} {:.1} (avg {:.0} B)", per(d.count), d.bytes / d.count)
+                }
+                _ => format!("{k} {:.1}", per(d.count)),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  broker requests per 1,000 deliveries: {}",
+            shown.join(", ")
         );
     }
     if r.per_second.len() > 1 {

@@ -182,8 +182,12 @@ impl Engine {
 
     /// Runs one attempt of `task` and produces its outputs; returns once they are acknowledged.
     pub async fn attempt(&self, mut task: DeliveryTask) -> Result<()> {
+        // Memory: an attempt waiting for its endpoint or a global place is only this function's
+        // small state; the HTTP exchange and the outputs (far larger futures) are boxed and
+        // allocated once it may go on. An event of 20,000 deliveries parks up to
+        // `delivery.max_in_flight` of these at once, and 4,096 events may be in flight.
         if task.body_by_reference {
-            match self.body_from_source(&task).await {
+            match Box::pin(self.body_from_source(&task)).await {
                 Ok(body) => {
                     task.body = body;
                     task.body_by_reference = false;
@@ -206,7 +210,7 @@ impl Engine {
                         now_ms(),
                         None,
                     );
-                    return self.produce_all(vec![self.log_output(&log).await?]).await;
+                    return Box::pin(self.log_only(log)).await;
                 }
             }
         }
@@ -236,11 +240,11 @@ impl Engine {
                 self.metrics
                     .dropped(AttemptOutcome::not_sent(outcome), &task.event_type);
                 let log = self.log_record(&task, outcome, None, None, 0, now_ms(), None);
-                return self.produce_all(vec![self.log_output(&log).await?]).await;
+                return Box::pin(self.log_only(log)).await;
             }
         };
         let gate = self.endpoint_gate(&sub);
-        let Some(_endpoint_permit) = gate.acquire().await else {
+        let Some(endpoint_permit) = gate.acquire().await else {
             if gate.mark_stalled(true) {
                 self.metrics.endpoint_stalled(true);
                 warn!(
@@ -253,7 +257,7 @@ impl Engine {
             let result = Self::not_sent(
                 "endpoint stalled: every connection busy, none freed lately; not sent",
             );
-            return self.record(task, result, now_ms()).await;
+            return Box::pin(self.record(task, result, now_ms())).await;
         };
         if gate.mark_stalled(false) {
             self.metrics.endpoint_stalled(false);
@@ -273,16 +277,42 @@ impl Engine {
                         "endpoint slow and the slow endpoints' share of the in-flight budget \
                          (delivery.slow_share_percent) is full; not sent",
                     );
-                    return self.record(task, result, now_ms()).await;
+                    return Box::pin(self.record(task, result, now_ms())).await;
                 }
             }
         }
-        let _global_permit = self
+        let global_permit = self
             .global
             .clone()
             .acquire_owned()
             .await
             .context("limit closed")?;
+        Box::pin(self.send(
+            task,
+            &sub,
+            &gate,
+            Permits {
+                endpoint: endpoint_permit,
+                slow: slow_permit,
+                global: global_permit,
+            },
+        ))
+        .await
+    }
+
+    /// The HTTP exchange of an attempt that holds its places, then its outputs.
+    async fn send(
+        &self,
+        task: DeliveryTask,
+        sub: &Subscription,
+        gate: &Arc<EndpointGate>,
+        permits: Permits<'_>,
+    ) -> Result<()> {
+        let Permits {
+            endpoint: _endpoint_permit,
+            slow: mut slow_permit,
+            global: _global_permit,
+        } = permits;
         let _sending = gate.sending();
         self.metrics.in_flight.inc();
         let signature = sign(sub.secret.expose().as_bytes(), task.body.as_bytes());
@@ -342,6 +372,12 @@ impl Engine {
         drop(_endpoint_permit);
         self.metrics.attempt_duration(result.duration);
         self.record(task, result, attempted_at).await
+    }
+
+    /// Writes a delivery-log record alone (an attempt that ended before it could be sent).
+    async fn log_only(&self, log: DeliveryLogRecord) -> Result<()> {
+        let output = self.log_output(&log).await?;
+        self.produce_all(vec![output]).await
     }
 
     /// Writes the outputs of one attempt: its delivery-log record and, after a failure, the next
@@ -535,6 +571,14 @@ pub const ENDPOINT_IDLE_EVICT: Duration = Duration::from_secs(600);
 
 /// The places in flight that slow endpoints may hold together: `delivery.slow_share_percent`
 /// of `delivery.max_in_flight`, at least one.
+/// The places an attempt holds while it is sent: its endpoint's connection slot, a place in the
+/// slow endpoints' share when its endpoint is slow, and a global one.
+struct Permits<'a> {
+    endpoint: OwnedSemaphorePermit,
+    slow: Option<SlowPermit<'a>>,
+    global: OwnedSemaphorePermit,
+}
+
 pub fn slow_share(config: &Config) -> usize {
     (config.delivery.max_in_flight * usize::from(config.delivery.slow_share_percent) / 100).max(1)
 }
