@@ -25,6 +25,7 @@ pub fn tune() {
 }
 
 /// The purge delay in force (milliseconds; -1 = never).
+#[allow(clippy::useless_conversion)] // c_long is i64 on 64-bit Linux, i32 elsewhere
 pub fn purge_delay_ms() -> i64 {
     // SAFETY: plain getter of a global option.
     i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) })

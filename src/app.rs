@@ -31,7 +31,7 @@ pub async fn run_processor(
     cancel: CancellationToken,
 ) -> Result<()> {
     let table = Arc::new(SubscriptionTable::new());
-    let producer = kafka::producer(&config)?;
+    let producer = kafka::observed_producer(&config, metrics.kafka_client("producer"))?;
     let engine = Arc::new(Engine::new(
         &config,
         producer,
@@ -54,7 +54,7 @@ pub async fn run_pipeline<D: Dispatcher>(
 ) -> Result<()> {
     kafka::check_reachable(&config, kafka::METADATA_TIMEOUT)?;
     let health = Arc::new(Health::new(table.clone(), cancel.clone()));
-    let producer = kafka::producer(&config)?;
+    let producer = kafka::observed_producer(&config, metrics.kafka_client("invalid-producer"))?;
     let loader = Loader::new(&config, table.clone(), metrics.clone())?;
     let processor = Processor::new(
         &config,

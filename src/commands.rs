@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use crate::kafka::OutputProducer;
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +24,7 @@ use crate::subscriptions::{
 
 /// Produces one record and waits for the broker's acknowledgement.
 pub async fn produce(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     topic: &str,
     key: Option<&str>,
     value: Option<&[u8]>,

@@ -11,13 +11,13 @@
 //! computation and an atomic add, with no label hashing and no allocation. Each [`Metrics`] owns
 //! its registry, so tests assert on an isolated instance.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::delivery::http::Outcome;
@@ -339,6 +339,40 @@ impl Drop for ConsumerLag {
     }
 }
 
+/// One Kafka client's request counters and batch sizes, fed from its librdkafka statistics
+/// (which count per broker connection since the client started).
+pub struct KafkaClientStats {
+    client: String,
+    requests: IntCounterVec,
+    batch_records: GaugeVec,
+    /// The last cumulative count per (broker, request type).
+    last: Mutex<HashMap<(String, String), i64>>,
+}
+
+impl KafkaClientStats {
+    /// `requests`: (broker, request type, cumulative count); `batches`: (topic, average
+    /// records per batch in the last interval, batches in it).
+    pub fn update(&self, requests: &[(String, String, i64)], batches: &[(String, f64, i64)]) {
+        let mut last = self.last.lock().expect("kafka client stats lock poisoned");
+        for (broker, request, count) in requests {
+            let key = (broker.clone(), request.clone());
+            // A broker connection that is gone and back starts from 0 again.
+            let before = last.get(&key).copied().unwrap_or(0);
+            if *count > before {
+                self.requests
+                    .with_label_values(&[self.client.as_str(), request.as_str()])
+                    .inc_by((count - before) as u64);
+            }
+            last.insert(key, *count);
+        }
+        for (topic, avg, batches) in batches {
+            if *batches > 0 {
+                self.batch_records.with_label_values(&[topic]).set(*avg);
+            }
+        }
+    }
+}
+
 /// Handles resolved at start, indexed by the label enums.
 struct Handles {
     events: Vec<IntCounter>,
@@ -421,6 +455,12 @@ pub struct Metrics {
     pub subscription_load_seconds: Gauge,
     /// `webhooks_consumer_lag{topic, partition}`: messages behind the committed offset.
     pub consumer_lag: IntGaugeVec,
+    /// `webhooks_kafka_requests_total{client, request}`: requests our Kafka clients sent to the
+    /// brokers, by request type (librdkafka statistics).
+    pub kafka_requests: IntCounterVec,
+    /// `webhooks_kafka_produce_batch_records{topic}`: records per batch produced (or, for a
+    /// consumed topic, fetched), averaged over the last statistics interval.
+    pub kafka_batch_records: GaugeVec,
     /// `webhooks_ready`: 1 while `/readyz` answers 200.
     pub ready: IntGauge,
     /// `webhooks_registry_unavailable_total`: schema-registry lookups that found it unavailable
@@ -542,6 +582,25 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let kafka_requests = counter_vec(
+            "webhooks_kafka_requests_total",
+            "Requests this process's Kafka clients sent to the brokers, by client and request \
+             type (Produce, Fetch, OffsetCommit, ...; librdkafka statistics, every 5 s)",
+            &["client", "request"],
+        );
+        let kafka_batch_records = register(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "webhooks_kafka_produce_batch_records",
+                    "Records per record batch, per topic, averaged over the last statistics \
+                     interval: batches our producers sent, or for a topic we consume, the \
+                     batches we fetched (librdkafka statistics)",
+                ),
+                &["topic"],
+            )
+            .expect("valid metric"),
+        );
 
         let resolve = |vec: &IntCounterVec, values: &mut dyn Iterator<Item = &'static str>| {
             values.map(|v| vec.with_label_values(&[v])).collect()
@@ -656,6 +715,8 @@ impl Metrics {
             ),
             subscription_load_seconds,
             consumer_lag,
+            kafka_requests,
+            kafka_batch_records,
             ready: gauge(
                 "webhooks_ready",
                 "1 while the processor is ready (/readyz 200)",
@@ -793,6 +854,16 @@ impl Metrics {
     }
 
     /// The consumer-lag series of one consumer (each consumer reads topics of its own).
+    /// Where the statistics of the Kafka client `client` report its requests and batches.
+    pub fn kafka_client(&self, client: &str) -> KafkaClientStats {
+        KafkaClientStats {
+            client: client.to_string(),
+            requests: self.kafka_requests.clone(),
+            batch_records: self.kafka_batch_records.clone(),
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn consumer_lag(&self) -> ConsumerLag {
         ConsumerLag {
             gauge: self.consumer_lag.clone(),

@@ -17,7 +17,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -30,7 +29,7 @@ use crate::events::InvalidEvent;
 use crate::kafka::consumer::{revoke, RebalanceContext, RebalanceEvent};
 use crate::kafka::in_flight::InFlight;
 use crate::kafka::produce::{max_message_bytes, produce, Output, RECORD_OVERHEAD_BYTES};
-use crate::kafka::{self, SourceRef};
+use crate::kafka::{self, OutputProducer, SourceRef};
 use crate::metrics::{EventOutcome, Metrics};
 use crate::subscriptions::SubscriptionTable;
 
@@ -52,7 +51,7 @@ pub const MAX_OUTSTANDING_RECORDS: usize = 4096;
 pub struct Processor<D> {
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     rebalances: std::sync::Mutex<Option<UnboundedReceiver<RebalanceEvent>>>,
-    producer: FutureProducer,
+    producer: OutputProducer,
     config: Config,
     table: Arc<SubscriptionTable>,
     metrics: Arc<Metrics>,
@@ -97,7 +96,7 @@ impl Drop for PendingGuard<'_> {
 impl<D: Dispatcher> Processor<D> {
     pub fn new(
         config: &Config,
-        producer: FutureProducer,
+        producer: OutputProducer,
         table: Arc<SubscriptionTable>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
@@ -105,7 +104,9 @@ impl<D: Dispatcher> Processor<D> {
     ) -> Result<Self> {
         let (context, rebalances) =
             RebalanceContext::new(Duration::from_secs(config.delivery.shutdown_deadline_secs));
-        let context = context.with_lag(metrics.consumer_lag());
+        let context = context
+            .with_lag(metrics.consumer_lag())
+            .with_client_stats(metrics.kafka_client("events"));
         Ok(Processor {
             consumer: Arc::new(kafka::group_consumer(
                 config,

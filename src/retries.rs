@@ -93,11 +93,13 @@ impl<D: Dispatcher> TaskConsumer<D> {
     ) -> Result<Self> {
         let (context, rebalances) =
             RebalanceContext::new(Duration::from_secs(config.delivery.shutdown_deadline_secs));
-        let context = context.with_lag(metrics.consumer_lag());
         // A group of its own per task topic: a tier consumer joining or leaving never
         // rebalances (and so never interrupts) the event consumer or the other tiers.
         let group = format!("{}.{topic}", config.kafka.group_id);
         let role = format!("tasks-{topic}");
+        let context = context
+            .with_lag(metrics.consumer_lag())
+            .with_client_stats(metrics.kafka_client(&role));
         let consumer = kafka::group_consumer(config, &role, &group, "earliest", context)?;
         Ok(TaskConsumer {
             consumer: Arc::new(consumer),

@@ -698,7 +698,10 @@ impl Bench {
         if let (Plan::Backlog(_), Some(cmd)) = (&spec.plan, &self.args.broker_requests_cmd) {
             requests_before = broker::snapshot(cmd).await;
         }
-        let mut sets = self.args.processor_set.clone();
+        // librdkafka statistics every second (5 s by default), for the processor's own request
+        // counters (`webhooks_kafka_requests_total`); --processor-set may override it.
+        let mut sets = vec!["kafka.properties.statistics.interval.ms=1000".to_string()];
+        sets.extend(self.args.processor_set.iter().cloned());
         sets.retain(|s| !s.trim().is_empty());
         let started = Instant::now();
         let mut proc = Processor::spawn(
@@ -810,6 +813,9 @@ impl Bench {
             Some(p) => Some(p.await??),
             None => None,
         };
+        // One more statistics interval (1 s, set below), so the request counters include the
+        // end of the run.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
         let metrics = proc.metrics().await.unwrap_or_default();
         proc.stop(Duration::from_secs(10)).await?;
         let rec = self.receiver.take();
@@ -821,6 +827,8 @@ impl Bench {
         );
         let load_seconds_metric = metrics.get("webhooks_subscription_load_seconds").copied();
         let keep = [
+            "webhooks_kafka_requests_total{",
+            "webhooks_kafka_produce_batch_records{",
             "webhooks_attempts_total{",
             "webhooks_deliveries_total{",
             "webhooks_retries_scheduled_total{",

@@ -286,6 +286,35 @@ pub fn markdown_table(results: &[RunResult]) -> String {
     out
 }
 
+/// `name="value"` out of a Prometheus label set such as `client="events",request="Fetch"}`.
+fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+    let len = labels[start..].find('"')?;
+    Some(&labels[start..start + len])
+}
+
+/// The processor's `webhooks_kafka_requests_total` per 1,000 deliveries, "client request n",
+/// the largest first, those under 0.05 left out.
+fn processor_requests(r: &RunResult) -> Vec<String> {
+    let per = |n: f64| n / (r.delivered.max(1) as f64) * 1000.0;
+    let mut rows: Vec<(f64, String)> = r
+        .metrics
+        .iter()
+        .filter_map(|(k, v)| {
+            let labels = k.strip_prefix("webhooks_kafka_requests_total{")?;
+            let client = label(labels, "client")?;
+            // Retry tier clients are named after their topic, which carries the run's prefix.
+            let client = client.find("webhooks.").map_or(client, |at| &client[at..]);
+            Some((per(*v), format!("{client} {}", label(labels, "request")?)))
+        })
+        .filter(|(n, _)| *n >= 0.05)
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    rows.into_iter()
+        .map(|(n, name)| format!("{name} {n:.1}"))
+        .collect()
+}
+
 /// The details of one run, a few lines.
 pub fn details(r: &RunResult) -> String {
     let mut out = String::new();
@@ -398,8 +427,39 @@ pub fn details(r: &RunResult) -> String {
             f.rate, f.secs, f.received, f.latency.p50, f.latency.p99, f.latency.p999, f.latency.max
         );
     }
+    let own = processor_requests(r);
+    if !own.is_empty() {
+        let _ = writeln!(
+            out,
+            "  processor's own Kafka requests per 1,000 deliveries (since its start, librdkafka statistics): {}",
+            own.join(", ")
+        );
+    }
+    let batches: Vec<String> = r
+        .metrics
+        .iter()
+        .filter_map(|(k, v)| {
+            let topic = label(
+                k.strip_prefix("webhooks_kafka_produce_batch_records{")?,
+                "topic",
+            )?;
+            Some(format!("{topic} {v:.1}"))
+        })
+        .collect();
+    if !batches.is_empty() {
+        let _ = writeln!(
+            out,
+            "  records per batch (last interval; produced by the processor, or fetched for the topics it consumes): {}",
+            batches.join(", ")
+        );
+    }
     if !r.metrics.is_empty() {
-        let m: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let m: Vec<String> = r
+            .metrics
+            .iter()
+            .filter(|(k, _)| !k.starts_with("webhooks_kafka_"))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let _ = writeln!(out, "  metrics: {}", m.join(", "));
     }
     for n in &r.notes {

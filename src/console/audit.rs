@@ -5,8 +5,8 @@
 //! counts only, and [`AuditRecord::details`] is filled by the console's actions, which never
 //! hand it a secret (`tests/console_api.rs` searches the topic for every secret it used).
 
+use crate::kafka::OutputProducer;
 use anyhow::{Context, Result};
-use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -37,7 +37,7 @@ pub struct AuditRecord {
 
 /// Writes audit records and waits for Kafka to acknowledge each.
 pub struct Auditor {
-    producer: FutureProducer,
+    producer: OutputProducer,
     topic: String,
 }
 

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::kafka::OutputProducer;
 use anyhow::{Context, Result};
-use rdkafka::producer::FutureProducer;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -40,7 +40,7 @@ use crate::subscriptions::{Subscription, SubscriptionTable};
 
 pub struct Engine {
     client: HttpClient,
-    producer: FutureProducer,
+    producer: OutputProducer,
     table: Arc<SubscriptionTable>,
     metrics: Arc<Metrics>,
     config: Config,
@@ -78,7 +78,7 @@ enum SourceProblem {
 impl Engine {
     pub fn new(
         config: &Config,
-        producer: FutureProducer,
+        producer: OutputProducer,
         table: Arc<SubscriptionTable>,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {

@@ -50,6 +50,8 @@ pub struct RebalanceContext {
     drain_deadline: Duration,
     /// Where librdkafka statistics report this consumer's lag.
     lag: Option<crate::metrics::ConsumerLag>,
+    /// Where they report its requests.
+    client_stats: Option<crate::metrics::KafkaClientStats>,
 }
 
 impl RebalanceContext {
@@ -61,6 +63,7 @@ impl RebalanceContext {
             running: Mutex::new(HashMap::new()),
             drain_deadline,
             lag: None,
+            client_stats: None,
         };
         (context, rx)
     }
@@ -69,6 +72,14 @@ impl RebalanceContext {
     pub fn with_lag(self, lag: crate::metrics::ConsumerLag) -> Self {
         RebalanceContext {
             lag: Some(lag),
+            ..self
+        }
+    }
+
+    /// Reports this consumer's requests per type from librdkafka's statistics.
+    pub fn with_client_stats(self, stats: crate::metrics::KafkaClientStats) -> Self {
+        RebalanceContext {
+            client_stats: Some(stats),
             ..self
         }
     }
@@ -137,9 +148,7 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl ClientContext for RebalanceContext {
     fn stats_raw(&self, statistics: &[u8]) {
-        if let Some(lag) = &self.lag {
-            super::stats::report(statistics, lag);
-        }
+        super::stats::report(statistics, self.lag.as_ref(), self.client_stats.as_ref());
     }
 }
 

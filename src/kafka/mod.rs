@@ -64,10 +64,47 @@ pub const PRODUCER_QUEUE_KBYTES: &str = "65536";
 /// `queue.buffering.max.messages` of the producer.
 pub const PRODUCER_QUEUE_MESSAGES: &str = "100000";
 
+/// The context of our producers: their librdkafka statistics feed
+/// `webhooks_kafka_requests_total` and `webhooks_kafka_produce_batch_records` when they have a
+/// [`crate::metrics::KafkaClientStats`].
+pub struct OutputContext {
+    stats: Option<crate::metrics::KafkaClientStats>,
+}
+
+impl rdkafka::ClientContext for OutputContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(stats) = &self.stats {
+            stats::report(statistics, None, Some(stats));
+        }
+    }
+}
+
+/// The producer type of every output record.
+pub type OutputProducer = FutureProducer<OutputContext>;
+
 /// The producer of every output record: idempotent and `acks=all`, so an acknowledged record is
 /// durable and retried sends never duplicate within a session.
-pub fn producer(config: &Config) -> Result<FutureProducer> {
+pub fn producer(config: &Config) -> Result<OutputProducer> {
+    producer_with(config, None)
+}
+
+/// [`producer`], reporting its requests and batch sizes from librdkafka's statistics.
+pub fn observed_producer(
+    config: &Config,
+    stats: crate::metrics::KafkaClientStats,
+) -> Result<OutputProducer> {
+    producer_with(config, Some(stats))
+}
+
+fn producer_with(
+    config: &Config,
+    stats: Option<crate::metrics::KafkaClientStats>,
+) -> Result<OutputProducer> {
     let mut c = base(config, "producer");
+    if stats.is_some() {
+        // Feeds the request and batch metrics; `kafka.properties` may override it.
+        c.set("statistics.interval.ms", "5000");
+    }
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         // Our outputs are not on the webhook's path (the request is sent before its
@@ -83,7 +120,11 @@ pub fn producer(config: &Config) -> Result<FutureProducer> {
         // instead of growing memory. `kafka.properties` may change both.
         .set("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES)
         .set("queue.buffering.max.messages", PRODUCER_QUEUE_MESSAGES);
-    create(with_properties(c, config), "producer")
+    create_with(
+        with_properties(c, config),
+        "producer",
+        OutputContext { stats },
+    )
 }
 
 /// A consumer in group `group`, starting at `offset_reset` when the group has no committed

@@ -18,9 +18,10 @@
 
 use std::time::Duration;
 
+use super::OutputProducer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tracing::{error, warn};
 
@@ -123,7 +124,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Produces `output` until the broker acknowledges it or refuses it for good. Returns an error
 /// only when the producer itself is unusable.
 pub async fn produce(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     output: &Output,
     metrics: &Metrics,
 ) -> anyhow::Result<Produced> {
@@ -175,7 +176,7 @@ pub async fn produce(
 
 /// Produces every output concurrently; returns once each is acknowledged or passed over.
 pub async fn produce_all(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     outputs: &[Output],
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
