@@ -71,24 +71,6 @@ pub fn delta(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, RequestDel
         .collect()
 }
 
-/// The CPU model of this machine (`/proc/cpuinfo`), e.g. "AMD EPYC" or "Intel(R) Xeon(R)
-/// Processor @ 2.50GHz", with family and model numbers when the name alone does not say.
-pub fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |key: &str| {
-        info.lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let name = field("model name").unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    match (field("cpu family"), field("model")) {
-        (Some(f), Some(m)) => format!("{name} (family {f}, model {m}), {cores} vCPUs"),
-        _ => format!("{name}, {cores} vCPUs"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1077,7 +1077,7 @@ async fn main_async(args: Args) -> Result<bool> {
     eprintln!(
         "[bench] {} run(s) on {}; processor {}; work dir {}",
         specs.len(),
-        broker::cpu_model(),
+        procfs::cpu_model(),
         bin.display(),
         work_dir.display()
     );
@@ -1124,7 +1124,7 @@ async fn main_async(args: Args) -> Result<bool> {
         }
     }
     println!();
-    println!("CPU: {}", broker::cpu_model());
+    println!("CPU: {}", procfs::cpu_model());
     println!("{}", report::text_table(&results));
     if bench.args.markdown {
         println!("{}", report::markdown_table(&results));

@@ -161,6 +161,11 @@ impl RunResult {
         }
     }
 
+    /// `n` per 1,000 of this run's healthy deliveries.
+    pub fn per_1k(&self, n: f64) -> f64 {
+        n / (self.delivered.max(1) as f64) * 1000.0
+    }
+
     /// The id with the label, as shown.
     pub fn name(&self) -> String {
         match &self.label {
@@ -296,7 +301,7 @@ fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
 /// The processor's `webhooks_kafka_requests_total` per 1,000 deliveries, "client request n",
 /// the largest first, those under 0.05 left out.
 fn processor_requests(r: &RunResult) -> Vec<String> {
-    let per = |n: f64| n / (r.delivered.max(1) as f64) * 1000.0;
+    let per = |n| r.per_1k(n);
     let mut rows: Vec<(f64, String)> = r
         .metrics
         .iter()
@@ -390,7 +395,7 @@ pub fn details(r: &RunResult) -> String {
         );
     }
     if !r.broker_requests.is_empty() {
-        let per = |n: f64| n / (r.delivered.max(1) as f64) * 1000.0;
+        let per = |n| r.per_1k(n);
         let shown: Vec<String> = r
             .broker_requests
             .iter()

@@ -5,11 +5,11 @@
 //! counts only, and [`AuditRecord::details`] is filled by the console's actions, which never
 //! hand it a secret (`tests/console_api.rs` searches the topic for every secret it used).
 
-use crate::kafka::OutputProducer;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::kafka::OutputProducer;
 
 /// One audited event.
 #[derive(Debug, Clone, Serialize)]

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kafka::OutputProducer;
 use anyhow::{Context, Result};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
@@ -33,6 +32,7 @@ use crate::avro::EventDecoder;
 use crate::config::Config;
 use crate::kafka::fetch::{Fetched, RecordFetcher};
 use crate::kafka::produce::{max_message_bytes, produce_all, Output, RECORD_OVERHEAD_BYTES};
+use crate::kafka::OutputProducer;
 use crate::matching::recheck;
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::signing::sign;
@@ -569,8 +569,6 @@ impl Engine {
 /// origin ever seen.
 pub const ENDPOINT_IDLE_EVICT: Duration = Duration::from_secs(600);
 
-/// The places in flight that slow endpoints may hold together: `delivery.slow_share_percent`
-/// of `delivery.max_in_flight`, at least one.
 /// The places an attempt holds while it is sent: its endpoint's connection slot, a place in the
 /// slow endpoints' share when its endpoint is slow, and a global one.
 struct Permits<'a> {
@@ -579,6 +577,8 @@ struct Permits<'a> {
     global: OwnedSemaphorePermit,
 }
 
+/// The places in flight that slow endpoints may hold together: `delivery.slow_share_percent`
+/// of `delivery.max_in_flight`, at least one.
 pub fn slow_share(config: &Config) -> usize {
     (config.delivery.max_in_flight * usize::from(config.delivery.slow_share_percent) / 100).max(1)
 }

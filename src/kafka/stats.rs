@@ -92,13 +92,6 @@ fn lags_of(stats: &Stats) -> Vec<(String, i32, i64)> {
 /// (broker, request type, cumulative count) and (topic, records per batch, batches) of one
 /// statistics document.
 #[allow(clippy::type_complexity)]
-pub fn requests_and_batches(
-    stats: &[u8],
-) -> Result<(Vec<(String, String, i64)>, Vec<(String, f64, i64)>), serde_json::Error> {
-    Ok(requests_of(&serde_json::from_slice(stats)?))
-}
-
-#[allow(clippy::type_complexity)]
 fn requests_of(stats: &Stats) -> (Vec<(String, String, i64)>, Vec<(String, f64, i64)>) {
     let requests = stats
         .brokers
@@ -187,7 +180,7 @@ mod tests {
                 "idle": {"topic": "idle", "partitions": {}}
             }
         }"#;
-        let (requests, batches) = requests_and_batches(stats).unwrap();
+        let (requests, batches) = requests_of(&serde_json::from_slice(stats).unwrap());
         assert_eq!(
             requests,
             vec![
