@@ -1,7 +1,10 @@
 //! The Kafka floor of the latency runs: the same paced events through the same broker, read by a
 //! plain librdkafka consumer with default fetch settings (as the processor's consumer has) and no
 //! processing. Its produce → consume latency is the part of the end-to-end latency the
-//! processor cannot remove; the rest is the processor's (and the HTTP hop's).
+//! processor cannot remove; the rest is the processor's (and the HTTP hop's). The broker's CPU
+//! over the floor is what producing and plainly consuming those events costs it: the part of a
+//! paced run's broker CPU that is not the processor's doing (its outputs, commits and retry
+//! tiers are the rest).
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use crate::procfs::{CpuDelta, CpuSample};
 use crate::receiver::{stamp, unix_us};
 use crate::report::LatencyMs;
 
@@ -22,6 +26,9 @@ pub struct Floor {
     pub secs: f64,
     pub received: u64,
     pub latency: LatencyMs,
+    /// Broker CPU seconds per 1,000 events, from the first produced to the last received
+    /// (`--broker-pid`).
+    pub broker_cpu_per_1k: Option<f64>,
 }
 
 pub async fn run(
@@ -30,6 +37,7 @@ pub async fn run(
     partitions: i32,
     rate: f64,
     secs: f64,
+    broker_pid: Option<u32>,
 ) -> Result<Floor> {
     let stamp_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -55,7 +63,10 @@ pub async fn run(
         .next()
         .ok_or_else(|| anyhow!("no result creating the floor topic"))?
         .map_err(|(t, e)| anyhow!("creating {t}: {e}"))?;
-    let result = measure(bootstrap, producer, &topic, partitions, rate, secs).await;
+    let result = measure(
+        bootstrap, producer, &topic, partitions, rate, secs, broker_pid,
+    )
+    .await;
     let _ = admin.delete_topics(&[&topic], &opts).await;
     result
 }
@@ -67,6 +78,7 @@ async fn measure(
     partitions: i32,
     rate: f64,
     secs: f64,
+    broker_pid: Option<u32>,
 ) -> Result<Floor> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -84,6 +96,7 @@ async fn measure(
     let _ = tokio::time::timeout(Duration::from_millis(1500), consumer.recv()).await;
 
     let total = (rate * secs).round() as u64;
+    let before = CpuSample::take(None, broker_pid);
     let producing = {
         let producer = producer.clone();
         let topic = topic.to_string();
@@ -111,11 +124,15 @@ async fn measure(
             Err(_) => break,
         }
     }
+    let broker_secs = CpuDelta::between(&before, &CpuSample::take(None, broker_pid)).broker_secs;
     producing.await??;
     Ok(Floor {
         rate,
         secs,
         received,
         latency: LatencyMs::of(&hist),
+        broker_cpu_per_1k: broker_secs
+            .filter(|_| received > 0)
+            .map(|s| s / received as f64 * 1000.0),
     })
 }

@@ -936,6 +936,7 @@ impl Bench {
                     self.args.partitions,
                     rate,
                     secs,
+                    self.args.broker_pid,
                 )
                 .await?;
                 self.floors.insert(key.clone(), f);
@@ -989,6 +990,13 @@ fn judge(results: &mut [RunResult], smoke: bool) {
             }
             _ => String::new(),
         };
+        if let Some(ratio) = r.broker_above_floor_vs_processor() {
+            r.notes.push(format!(
+                "broker CPU above the Kafka floor {ratio:.2} × the processor's (target ≤ 0.25; \
+                 with the floor's producing and plain consuming of the same events: {:.2} ×)",
+                r.broker_vs_processor().unwrap_or(f64::NAN)
+            ));
+        }
         if r.id == "d-latency" {
             if let Some(c) = c_p99 {
                 r.notes.push(format!(

@@ -152,10 +152,38 @@ pub struct RunResult {
     pub notes: Vec<String>,
 }
 
+/// Broker CPU seconds per 1,000 deliveries above the floor: a run's `run_secs` less the floor's
+/// `floor_per_1k` seconds per 1,000 events for its `events`, never below 0.
+pub fn above_floor_per_1k(run_secs: f64, floor_per_1k: f64, events: u64, delivered: u64) -> f64 {
+    let above = (run_secs - floor_per_1k * events as f64 / 1000.0).max(0.0);
+    above / delivered.max(1) as f64 * 1000.0
+}
+
 impl RunResult {
     /// The broker's CPU per delivery ÷ the processor's.
     pub fn broker_vs_processor(&self) -> Option<f64> {
         match (self.broker_cpu_per_1k, self.cpu_per_1k) {
+            (Some(b), Some(p)) if p > 0.0 => Some(b / p),
+            _ => None,
+        }
+    }
+
+    /// The broker's CPU per 1,000 deliveries beyond what producing and plainly consuming this
+    /// run's events cost it in the Kafka floor: what the processor's own requests (outputs,
+    /// commits, retry tiers) and the way it fetches add (paced runs).
+    pub fn broker_above_floor_per_1k(&self) -> Option<f64> {
+        let floor = self.kafka_floor.as_ref()?.broker_cpu_per_1k?;
+        Some(above_floor_per_1k(
+            self.cpu.broker_secs?,
+            floor,
+            self.events,
+            self.delivered,
+        ))
+    }
+
+    /// [`Self::broker_above_floor_per_1k`] ÷ the processor's CPU per delivery.
+    pub fn broker_above_floor_vs_processor(&self) -> Option<f64> {
+        match (self.broker_above_floor_per_1k(), self.cpu_per_1k) {
             (Some(b), Some(p)) if p > 0.0 => Some(b / p),
             _ => None,
         }
@@ -431,6 +459,16 @@ pub fn details(r: &RunResult) -> String {
             "  Kafka floor (plain consumer, {:.0}/s for {:.0} s, {} received): p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} ms",
             f.rate, f.secs, f.received, f.latency.p50, f.latency.p99, f.latency.p999, f.latency.max
         );
+        if let (Some(floor), Some(above), Some(ratio)) = (
+            f.broker_cpu_per_1k,
+            r.broker_above_floor_per_1k(),
+            r.broker_above_floor_vs_processor(),
+        ) {
+            let _ = writeln!(
+                out,
+                "  broker CPU: the floor's (the same producer and a plain consumer) {floor:.3} s per 1,000 events; this run's above it {above:.3} s per 1,000 deliveries = {ratio:.2} × the processor's"
+            );
+        }
     }
     let own = processor_requests(r);
     if !own.is_empty() {
@@ -471,4 +509,18 @@ pub fn details(r: &RunResult) -> String {
         let _ = writeln!(out, "  note: {n}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_cpu_above_the_floor_is_per_delivery_and_never_negative() {
+        // c: 60,000 events and deliveries, 15 s of broker CPU, the floor 0.2 s per 1,000 events.
+        assert!((above_floor_per_1k(15.0, 0.2, 60_000, 60_000) - 0.05).abs() < 1e-9);
+        // d-latency: 20,000 events, 18,000 healthy deliveries.
+        assert!((above_floor_per_1k(5.8, 0.2, 20_000, 18_000) - 0.1).abs() < 1e-9);
+        assert_eq!(above_floor_per_1k(1.0, 0.2, 60_000, 60_000), 0.0);
+    }
 }
