@@ -156,7 +156,12 @@ pub struct RunResult {
 /// `floor_per_1k` seconds per 1,000 events for its `events`, never below 0.
 pub fn above_floor_per_1k(run_secs: f64, floor_per_1k: f64, events: u64, delivered: u64) -> f64 {
     let above = (run_secs - floor_per_1k * events as f64 / 1000.0).max(0.0);
-    above / delivered.max(1) as f64 * 1000.0
+    per_1k_of(above, delivered)
+}
+
+/// `n` per 1,000 of `delivered` (at least one).
+fn per_1k_of(n: f64, delivered: u64) -> f64 {
+    n / (delivered.max(1) as f64) * 1000.0
 }
 
 impl RunResult {
@@ -191,7 +196,7 @@ impl RunResult {
 
     /// `n` per 1,000 of this run's healthy deliveries.
     pub fn per_1k(&self, n: f64) -> f64 {
-        n / (self.delivered.max(1) as f64) * 1000.0
+        per_1k_of(n, self.delivered)
     }
 
     /// The id with the label, as shown.
