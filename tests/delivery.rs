@@ -362,6 +362,55 @@ async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_queued_for_a_hanging_endpoint_are_shed_once_it_is_slow_not_after_the_stall_time()
+{
+    // Two connections to the endpoint, both hanging; ten more attempts queue for them. The
+    // endpoint is slow after slow_request_ms (300 ms) without an answer, and a slow endpoint that
+    // has granted no connection for that long counts as stalled: the queued attempts end as
+    // endpoint_saturated within a second or so, not after endpoint_stall_ms (20 s), so they do
+    // not hold their event records (and the record budget) for the whole stall time.
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let mut c = setup("slowstall", &receiver).await;
+    c.http.request_timeout_ms = 30_000;
+    c.delivery.max_in_flight_per_endpoint = 2;
+    c.delivery.endpoint_stall_ms = 20_000;
+    c.delivery.slow_request_ms = 300;
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    receiver.set_behaviour("/hang", Behaviour::Hang);
+    let events: Vec<_> = (0..12)
+        .map(|i| event("rewards.redeemed", &format!("h{i}"), None))
+        .collect();
+    let started = std::time::Instant::now();
+    let running = given(
+        &c,
+        &[sub(
+            "slow",
+            &receiver.url("/hang"),
+            &["rewards.redeemed"],
+            None,
+            "s",
+            true,
+        )],
+        &events,
+    )
+    .await;
+    let log = delivery_log(&c, 10).await;
+    let took = started.elapsed();
+    eprintln!("10 attempts queued behind 2 hanging ones were shed after {took:?}");
+    assert_eq!(log.len(), 10, "every queued attempt logged: {log:?}");
+    assert!(
+        log.iter()
+            .all(|l| l.outcome == "endpoint_saturated" && l.attempt == 1),
+        "{log:?}"
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "queued attempts waited for the 20 s stall time: {took:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_that_always_fails_gets_4_attempts_at_0_1_6_31_s_then_one_failed_record() {
     let receiver = Receiver::start(Behaviour::Status(500)).await;
     let c = setup("exhaust", &receiver).await;

@@ -160,6 +160,7 @@ impl Engine {
                 origin.to_string(),
                 self.config.delivery.max_in_flight_per_endpoint,
                 Duration::from_millis(self.config.delivery.endpoint_stall_ms),
+                self.slow_after,
             )
         });
         if let Some(n) = tracked {
@@ -528,17 +529,7 @@ impl Engine {
             .as_ref()
             .filter(|_| topic == self.config.topics.failed)
             .map(|a| &a.failed);
-        let encode = |task: &DeliveryTask| {
-            let task = task.clone();
-            async move {
-                match avro {
-                    Some(out) => out.encode(&task).await,
-                    None => serde_json::to_vec(&task).map_err(Into::into),
-                }
-                .context("encoding a delivery task")
-            }
-        };
-        let mut value = encode(task).await?;
+        let mut value = encode_task(avro, task).await?;
         if value.len() > self.max_task_bytes {
             debug!(
                 delivery_id = %task.delivery_id, bytes = value.len(),
@@ -549,7 +540,7 @@ impl Engine {
                 body_by_reference: true,
                 ..task.clone()
             };
-            value = encode(&by_reference).await?;
+            value = encode_task(avro, &by_reference).await?;
         }
         Ok(Output {
             topic: topic.to_string(),
@@ -562,6 +553,15 @@ impl Engine {
     async fn produce_all(&self, outputs: Vec<Output>) -> Result<()> {
         produce_all(&self.producer, &outputs, &self.metrics).await
     }
+}
+
+/// A task record's value: Avro through `avro` when given, JSON otherwise.
+async fn encode_task(avro: Option<&AvroOutput>, task: &DeliveryTask) -> Result<Vec<u8>> {
+    match avro {
+        Some(out) => out.encode(task).await,
+        None => serde_json::to_vec(task).map_err(Into::into),
+    }
+    .context("encoding a delivery task")
 }
 
 /// How long an endpoint's state (its concurrency gate, recent latency, slow and stalled flags)
@@ -667,6 +667,9 @@ struct EndpointGate {
     /// `delivery.endpoint_stall_ms`: how long a wait may grow before the endpoint counts as
     /// stalled.
     stall: Duration,
+    /// How long no slot may be granted before a *slow* endpoint counts as stalled: the shorter
+    /// of `stall` and `delivery.slow_request_ms`.
+    slow_stall: Duration,
     /// Milliseconds since `epoch` at the last grant of a connection slot.
     last_grant_ms: AtomicU64,
     /// Moving average of request durations, microseconds.
@@ -698,13 +701,15 @@ impl Drop for Sending<'_> {
 }
 
 impl EndpointGate {
-    fn new(origin: String, limit: usize, stall: Duration) -> Self {
+    /// A gate of `limit` slots; `slow_after` is `delivery.slow_request_ms`.
+    fn new(origin: String, limit: usize, stall: Duration, slow_after: Duration) -> Self {
         EndpointGate {
             origin,
             stalled: std::sync::atomic::AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(limit)),
             limit: limit.max(1) as u64,
             stall,
+            slow_stall: stall.min(slow_after),
             last_grant_ms: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             samples: AtomicU64::new(0),
@@ -775,6 +780,13 @@ impl EndpointGate {
     /// that long (requests hang), or the queue ahead, at the recent request duration, takes
     /// longer than that to drain (requests are slower than the traffic for this endpoint).
     ///
+    /// An endpoint already known to be slow (an attempt went unanswered for
+    /// `delivery.slow_request_ms`) counts as hanging once no slot was granted for that shorter
+    /// time: its first requests hang, none has completed, so no latency is known yet, and
+    /// waiting the whole stall time would hold every attempt queued for it (and their event
+    /// records, of which a bounded number may be in flight) for nothing. A slow endpoint that
+    /// still answers grants a slot whenever one of its requests completes.
+    ///
     /// The queue estimate applies only to a *slow* endpoint: one whose requests take more than a
     /// quarter of `stall` on average, over at least `limit` completed requests. A fast endpoint
     /// with a long queue is making progress (a backlog being caught up puts thousands of
@@ -789,9 +801,14 @@ impl EndpointGate {
         let stall_us = self.stall.as_micros() as u64;
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         let idle_us = now_ms.saturating_sub(self.last_grant_ms.load(Ordering::Acquire)) * 1000;
+        let idle_limit = if self.is_slow() {
+            self.slow_stall
+        } else {
+            self.stall
+        };
         // Only requests on the wire can hang: slots whose holders all wait for a global place
         // are the global budget's queue, not this endpoint's stall.
-        if idle_us > stall_us && self.sending.load(Ordering::Acquire) > 0 {
+        if idle_us > idle_limit.as_micros() as u64 && self.sending.load(Ordering::Acquire) > 0 {
             return true;
         }
         let latency_us = self.latency_us.load(Ordering::Acquire);
@@ -834,7 +851,7 @@ impl EndpointGate {
             return;
         }
         let gate = self.clone();
-        let check = (self.stall / 4).max(Duration::from_millis(10));
+        let check = (self.slow_stall / 4).max(Duration::from_millis(10));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(check).await;
@@ -864,7 +881,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_endpoint_is_waited_for_and_a_stalled_one_refused() {
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall, stall));
         let first = gate.acquire().await.expect("a free connection");
         // Busy but progressing: the waiter gets the slot when it frees up.
         let waiter = tokio::spawn({
@@ -896,11 +913,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_endpoint_that_grants_nothing_stalls_after_the_slow_time() {
+        // Stall time 10 s, slow time 200 ms: before the endpoint is slow only the stall time
+        // counts; once it is, 200 ms without a grant is enough.
+        let gate = Arc::new(EndpointGate::new(
+            "https://test".into(),
+            1,
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+        ));
+        let held = gate.acquire().await.expect("a free connection");
+        let on_wire = gate.sending();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!gate.stalled(), "not slow yet: the 10 s stall time applies");
+        gate.mark_slow(true);
+        assert!(
+            gate.stalled(),
+            "slow, on the wire, nothing granted for 300 ms"
+        );
+        let started = Instant::now();
+        assert!(gate.acquire().await.is_none(), "newcomers fail at once");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // A waiter that came before the endpoint was slow gives up at the watchdog's next look.
+        gate.mark_slow(false);
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire().await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.mark_slow(true);
+        let gave_up = tokio::time::timeout(Duration::from_secs(2), waiter).await;
+        assert!(
+            !gave_up
+                .expect("the waiter gave up within the slow time")
+                .unwrap(),
+            "refused"
+        );
+        // A slow endpoint that answers again grants slots and is waited for.
+        drop(on_wire);
+        drop(held);
+        assert!(
+            gate.acquire().await.is_some(),
+            "a freed slot ends the stall"
+        );
+    }
+
+    #[tokio::test]
     async fn slots_waiting_for_a_global_place_are_not_a_stall() {
         // The holder of the only slot waits for a global (or slow-share) place: nothing is on
         // the wire, so however long that takes, the endpoint is queued, not stalled.
         let stall = Duration::from_millis(100);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall, stall));
         let held = gate.acquire().await.expect("a free connection");
         let waiter = tokio::spawn({
             let gate = gate.clone();
@@ -915,7 +978,14 @@ mod tests {
 
     #[test]
     fn idle_endpoint_state_is_forgotten() {
-        let make = || EndpointGate::new("https://a".into(), 1, Duration::from_secs(2));
+        let make = || {
+            EndpointGate::new(
+                "https://a".into(),
+                1,
+                Duration::from_secs(2),
+                Duration::from_secs(1),
+            )
+        };
         let gates = Gates::new(Duration::from_millis(40));
         let (a, n) = gates.get("https://a", make);
         assert_eq!(n, Some(1));
@@ -937,7 +1007,7 @@ mod tests {
     #[tokio::test]
     async fn a_queue_slower_to_drain_than_the_stall_time_is_refused() {
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall, stall));
         gate.observe(Duration::from_millis(300));
         let _busy = gate.acquire().await.expect("a free connection");
         // One waiter ahead of nobody: 1 × 300 ms / 1 connection > 200 ms.
@@ -957,7 +1027,7 @@ mod tests {
         // Connection set-up makes the first requests slow; until `limit` requests have completed
         // only "nothing granted for the stall time" counts.
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 2, stall));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 2, stall, stall));
         let a = gate.acquire().await.expect("slot 1");
         let b = gate.acquire().await.expect("slot 2");
         gate.observe(Duration::from_secs(5));
@@ -986,7 +1056,7 @@ mod tests {
     #[tokio::test]
     async fn a_fast_endpoint_with_a_long_queue_is_waited_for() {
         let stall = Duration::from_millis(200);
-        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall));
+        let gate = Arc::new(EndpointGate::new("https://test".into(), 1, stall, stall));
         gate.observe(Duration::from_millis(10));
         let _busy = gate.acquire().await.expect("a free connection");
         gate.waiting.store(1_000, Ordering::Release);
@@ -1019,7 +1089,12 @@ mod tests {
 
     #[test]
     fn stall_transitions_are_reported_once() {
-        let gate = EndpointGate::new("https://test".into(), 1, Duration::from_secs(2));
+        let gate = EndpointGate::new(
+            "https://test".into(),
+            1,
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+        );
         assert!(gate.mark_stalled(true));
         assert!(!gate.mark_stalled(true));
         assert!(gate.mark_stalled(false));
