@@ -137,7 +137,8 @@ pub struct DeliveryConfig {
     /// When every connection to an endpoint is busy and none was freed for this long, further
     /// attempts to it fail at once as `endpoint_saturated` (and follow the retry schedule)
     /// instead of waiting: a hanging endpoint cannot hold the slots other endpoints need. Once
-    /// the endpoint is slow (`slow_request_ms`), that shorter time without a freed slot is enough.
+    /// the endpoint is slow (`slow_request_ms`) with every slot on the wire, that shorter time
+    /// without a freed slot is enough.
     pub endpoint_stall_ms: u64,
     /// On SIGTERM/SIGINT, how long in-flight work may take to finish before exiting.
     pub shutdown_deadline_secs: u64,
@@ -151,7 +152,8 @@ pub struct DeliveryConfig {
     /// An attempt still unanswered after this long marks its endpoint *slow*: the attempts of
     /// slow endpoints share at most `slow_share_percent` of `max_in_flight`, so any number of
     /// hanging endpoints leave the rest to the healthy ones. A slow endpoint whose connections
-    /// are all busy and none freed for this long counts as stalled (see `endpoint_stall_ms`).
+    /// are all on the wire and none freed for this long counts as stalled (see
+    /// `endpoint_stall_ms`).
     pub slow_request_ms: u64,
     /// The share of `max_in_flight`, in percent, that slow endpoints may hold together.
     pub slow_share_percent: u8,

@@ -781,8 +781,9 @@ impl EndpointGate {
     /// longer than that to drain (requests are slower than the traffic for this endpoint).
     ///
     /// An endpoint already known to be slow (an attempt went unanswered for
-    /// `delivery.slow_request_ms`) counts as hanging once no slot was granted for that shorter
-    /// time: its first requests hang, none has completed, so no latency is known yet, and
+    /// `delivery.slow_request_ms`) with every slot on the wire counts as hanging once no slot
+    /// was granted for that shorter time: its first requests hang, none has completed, so no
+    /// latency is known yet, and
     /// waiting the whole stall time would hold every attempt queued for it (and their event
     /// records, of which a bounded number may be in flight) for nothing. A slow endpoint that
     /// still answers grants a slot whenever one of its requests completes.
@@ -801,14 +802,18 @@ impl EndpointGate {
         let stall_us = self.stall.as_micros() as u64;
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         let idle_us = now_ms.saturating_sub(self.last_grant_ms.load(Ordering::Acquire)) * 1000;
-        let idle_limit = if self.is_slow() {
+        let sending = self.sending.load(Ordering::Acquire);
+        // The shorter time only when every slot is on the wire: a healthy endpoint on a
+        // saturated host can have a slow request while its other slots wait for global places,
+        // and it is not hanging.
+        let idle_limit = if self.is_slow() && sending >= self.limit {
             self.slow_stall
         } else {
             self.stall
         };
         // Only requests on the wire can hang: slots whose holders all wait for a global place
         // are the global budget's queue, not this endpoint's stall.
-        if idle_us > idle_limit.as_micros() as u64 && self.sending.load(Ordering::Acquire) > 0 {
+        if idle_us > idle_limit.as_micros() as u64 && sending > 0 {
             return true;
         }
         let latency_us = self.latency_us.load(Ordering::Acquire);
@@ -956,6 +961,26 @@ mod tests {
             gate.acquire().await.is_some(),
             "a freed slot ends the stall"
         );
+
+        // Two slots, one on the wire and slow, the other waiting for a global place (a
+        // healthy endpoint starved on a saturated host): only the whole stall time counts.
+        let gate = Arc::new(EndpointGate::new(
+            "https://test".into(),
+            2,
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+        ));
+        let _a = gate.acquire().await.expect("slot 1");
+        let _b = gate.acquire().await.expect("slot 2");
+        let _on_wire = gate.sending();
+        gate.mark_slow(true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !gate.stalled(),
+            "a slot not on the wire: not hanging, the 10 s stall time applies"
+        );
+        let _both = gate.sending();
+        assert!(gate.stalled(), "every slot on the wire: stalled");
     }
 
     #[tokio::test]
