@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use mgpass_webhooks::config::Config;
 use mgpass_webhooks::delivery::DeliveryTask;
 use rdkafka::message::Message;
-use testkit::process::{free_port, Options, Processor};
+use testkit::process::{free_port, restartable_port, Options, Processor};
 use testkit::receiver::{Behaviour, Receiver};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -365,8 +365,8 @@ impl OwnBroker {
     fn start_new() -> OwnBroker {
         let b = OwnBroker {
             dir: tempfile::tempdir().unwrap(),
-            port: free_port().unwrap(),
-            controller_port: free_port().unwrap(),
+            port: restartable_port().unwrap(),
+            controller_port: restartable_port().unwrap(),
         };
         b.start();
         b

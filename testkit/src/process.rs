@@ -48,6 +48,39 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// A free port for a server a test stops and starts again on the same port (its own registry
+/// or broker): below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), so while it
+/// is stopped no listener bound to port 0 and no outgoing connection of the other tests running
+/// meanwhile can be given it. A port from [`free_port`] could be, and the restart then failed
+/// with "already in use". Falls back to [`free_port`] when the range leaves no room below it.
+pub fn restartable_port() -> Result<u16> {
+    const LOW: u64 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low <= LOW + 1_000 {
+        return free_port();
+    }
+    let span = ephemeral_low - LOW;
+    // Spread over the range by time and pid, so tests and processes starting together pick
+    // different ports; bind to check that it is free now.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 20);
+    for i in 0..500u64 {
+        let x = seed
+            .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let port = (LOW + (x >> 32) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    free_port()
+}
+
 /// The processor's configuration file for `c`: Kafka connection and group, every topic name,
 /// the HTTP client's CA and timeouts, the delivery limits and the admin address.
 pub fn config_toml(c: &Config) -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::free_port;
+use crate::process::restartable_port;
 
 /// The base URL of the shared test registry's Confluent API; panics with instructions when
 /// it is not set or does not answer.
@@ -72,8 +72,8 @@ impl OwnRegistry {
     /// Starts one and waits until it answers.
     pub fn start() -> Result<OwnRegistry> {
         let r = OwnRegistry {
-            port: free_port()?,
-            management_port: free_port()?,
+            port: restartable_port()?,
+            management_port: restartable_port()?,
             dir: tempfile::tempdir()?,
         };
         r.run("start")?;
