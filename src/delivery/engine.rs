@@ -4,7 +4,8 @@
 //! changed — ends the delivery with a logged outcome), sends it within the global and
 //! per-endpoint concurrency limits (a busy endpoint is waited for, but once every connection to
 //! it is busy and the wait for one would exceed `delivery.endpoint_stall_ms` — nothing freed
-//! for that long, or a queue that takes longer to drain at the recent request duration — its
+//! for that long (for `delivery.slow_request_ms` once the endpoint is slow with every connection
+//! on the wire), or a queue that takes longer to drain at the recent request duration — its
 //! attempts fail at once as `endpoint_saturated` instead of holding slots that other endpoints
 //! need; and an attempt unanswered for `delivery.slow_request_ms` marks its endpoint slow, and
 //! slow endpoints together hold at most `delivery.slow_share_percent` of the global budget),
@@ -783,10 +784,10 @@ impl EndpointGate {
     /// An endpoint already known to be slow (an attempt went unanswered for
     /// `delivery.slow_request_ms`) with every slot on the wire counts as hanging once no slot
     /// was granted for that shorter time: its first requests hang, none has completed, so no
-    /// latency is known yet, and
-    /// waiting the whole stall time would hold every attempt queued for it (and their event
-    /// records, of which a bounded number may be in flight) for nothing. A slow endpoint that
-    /// still answers grants a slot whenever one of its requests completes.
+    /// latency is known yet, and waiting the whole stall time would hold every attempt queued
+    /// for it (and their event records, of which a bounded number may be in flight) for
+    /// nothing. A slow endpoint that still answers grants a slot whenever one of its requests
+    /// completes.
     ///
     /// The queue estimate applies only to a *slow* endpoint: one whose requests take more than a
     /// quarter of `stall` on average, over at least `limit` completed requests. A fast endpoint
