@@ -14,7 +14,7 @@
 //! which maps the datum to JSON and holds it to these same rules ([`RewardsEvent::from_json_map`]);
 //! [`RewardsEvent::decode`] alone reads JSON and reports a framed value as `unsupported_avro`.
 
-use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -188,7 +188,12 @@ impl RewardsEvent {
                 String::from_utf8(out).expect("JSON is UTF-8")
             }
         };
-        format!("{}{}{}", self.event_type, user, self.timestamp)
+        let mut key =
+            String::with_capacity(self.event_type.len() + user.len() + self.timestamp.len());
+        key.push_str(&self.event_type);
+        key.push_str(&user);
+        key.push_str(&self.timestamp);
+        key
     }
 }
 
@@ -207,7 +212,39 @@ pub fn normalise_timestamp(s: &str) -> Result<String, InvalidEvent> {
             format!("timestamp {s:?} is outside the years 0000 to 9999 in UTC"),
         ));
     }
-    Ok(utc.to_rfc3339_opts(SecondsFormat::Millis, true))
+    Ok(utc_millis(&utc))
+}
+
+/// `t` as RFC 3339 UTC with milliseconds and a `Z` (`2025-01-15T10:30:00.000Z`), the form of
+/// every timestamp in our bodies and records: the text of chrono's
+/// `to_rfc3339_opts(SecondsFormat::Millis, true)`, written into one fixed-size buffer instead of
+/// through its formatting machinery (this runs for every event and every delivery-log record).
+/// Years outside 0000–9999 and leap seconds, which that buffer has no room for, go to chrono.
+pub fn utc_millis(t: &DateTime<Utc>) -> String {
+    let year = t.year();
+    let millis = t.timestamp_subsec_millis();
+    if !(0..=9999).contains(&year) || millis > 999 {
+        return t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    }
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let fields = [
+        (0, 4, year as u32),
+        (5, 2, t.month()),
+        (8, 2, t.day()),
+        (11, 2, t.hour()),
+        (14, 2, t.minute()),
+        (17, 2, t.second()),
+        (20, 3, millis),
+    ];
+    for (at, width, mut value) in fields {
+        for digit in text[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    std::str::from_utf8(&text)
+        .expect("digits and ASCII separators")
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -246,6 +283,33 @@ mod tests {
         ] {
             assert_eq!(normalise_timestamp(input).unwrap(), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn utc_millis_writes_what_chrono_writes() {
+        let chrono_text = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+        // Every field's carries and widths: epoch, leap days, year ends, the range's edges, and
+        // a spread of instants with every millisecond digit.
+        let mut instants: Vec<i64> = vec![
+            0,
+            -1,
+            951_782_400_000,     // 2000-02-29
+            1_735_689_599_999,   // 2024-12-31T23:59:59.999
+            -62_167_219_200_000, // 0000-01-01
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // 10000-01-01: chrono's form
+            -62_167_219_200_001, // -0001-12-31: chrono's form
+        ];
+        instants.extend((0..20_000).map(|i: i64| i * 12_345_678_917 - 61_000_000_000_000));
+        for ms in instants {
+            let t = DateTime::from_timestamp_millis(ms).unwrap();
+            assert_eq!(utc_millis(&t), chrono_text(&t), "{ms}");
+        }
+        // A leap second (chrono keeps it as a nanosecond count above 10^9).
+        let leap = DateTime::parse_from_rfc3339("2016-12-31T23:59:60.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(utc_millis(&leap), chrono_text(&leap));
     }
 
     #[test]

@@ -241,6 +241,12 @@ mod tests {
                 back::<DeliveryLogRecord>(DELIVERY_LOG_SCHEMA, &datum),
                 record
             );
+            // The engine writes the borrowed form: the same datum, and the same JSON.
+            assert_eq!(encode(&schema, &record.as_entry()).unwrap(), datum);
+            assert_eq!(
+                serde_json::to_string(&record.as_entry()).unwrap(),
+                serde_json::to_string(&record).unwrap()
+            );
         }
     }
 

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::http::{AttemptResult, HttpClient, Outcome, Request};
 use super::{
-    after_failure_with, now_ms, rfc3339_ms, AfterFailure, Body, DeliveryLogRecord, DeliveryTask,
+    after_failure_with, now_ms, rfc3339_ms, AfterFailure, Body, DeliveryLogEntry, DeliveryTask,
     Tier,
 };
 use crate::avro::records::{self, AvroOutput};
@@ -203,15 +203,8 @@ impl Engine {
                     );
                     self.metrics
                         .dropped(AttemptOutcome::SourceUnavailable, &task.event_type);
-                    let log = self.log_record(
-                        &task,
-                        outcome,
-                        None,
-                        Some(problem.to_string()),
-                        0,
-                        now_ms(),
-                        None,
-                    );
+                    let error = problem.to_string();
+                    let log = log_entry(&task, outcome, None, Some(&error), 0, now_ms(), None);
                     return Box::pin(self.log_only(log)).await;
                 }
             }
@@ -241,7 +234,7 @@ impl Engine {
                 );
                 self.metrics
                     .dropped(AttemptOutcome::not_sent(outcome), &task.event_type);
-                let log = self.log_record(&task, outcome, None, None, 0, now_ms(), None);
+                let log = log_entry(&task, outcome, None, None, 0, now_ms(), None);
                 return Box::pin(self.log_only(log)).await;
             }
         };
@@ -377,7 +370,7 @@ impl Engine {
     }
 
     /// Writes a delivery-log record alone (an attempt that ended before it could be sent).
-    async fn log_only(&self, log: DeliveryLogRecord) -> Result<()> {
+    async fn log_only(&self, log: DeliveryLogEntry<'_>) -> Result<()> {
         let output = self.log_output(&log).await?;
         self.produce_all(vec![output]).await
     }
@@ -401,7 +394,7 @@ impl Engine {
             );
             self.metrics
                 .delivered(&task.event_type, task.body.as_str(), now_ms());
-            let log = self.log_record(
+            let log = log_entry(
                 &task,
                 "success",
                 result.status,
@@ -421,11 +414,11 @@ impl Engine {
             AfterFailure::Retry(tier) => Some((tier, now_ms() + tier.delay_ms())),
             AfterFailure::Exhausted => None,
         };
-        let log = self.log_record(
+        let log = log_entry(
             &task,
             result.outcome.as_str(),
             result.status,
-            error.clone(),
+            error.as_deref(),
             duration_ms,
             attempted_at,
             next.map(|(_, due)| due),
@@ -480,43 +473,15 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log_record(
-        &self,
-        task: &DeliveryTask,
-        outcome: &str,
-        status: Option<u16>,
-        error: Option<String>,
-        duration_ms: u64,
-        attempted_at: i64,
-        next_attempt_at: Option<i64>,
-    ) -> DeliveryLogRecord {
-        DeliveryLogRecord {
-            delivery_id: task.delivery_id.clone(),
-            subscription_id: task.subscription_id.clone(),
-            event_type: task.event_type.clone(),
-            idempotency_key: task.idempotency_key.clone(),
-            source: task.source.clone(),
-            attempt: task.attempt,
-            outcome: outcome.to_string(),
-            http_status: status,
-            error,
-            duration_ms,
-            attempted_at: rfc3339_ms(attempted_at),
-            next_attempt_at: next_attempt_at.map(rfc3339_ms),
-            replay: task.replay.clone(),
-        }
-    }
-
-    async fn log_output(&self, log: &DeliveryLogRecord) -> Result<Output> {
+    async fn log_output(&self, log: &DeliveryLogEntry<'_>) -> Result<Output> {
         let value = match &self.avro {
             Some(avro) => avro.log.encode(log).await,
-            None => serde_json::to_vec(log).map_err(Into::into),
+            None => json_value(log, LOG_RECORD_BYTES),
         }
         .context("encoding a delivery-log record")?;
         Ok(Output {
             topic: self.config.topics.delivery_log.clone(),
-            key: Some(log.delivery_id.clone().into_bytes()),
+            key: Some(log.delivery_id.as_bytes().to_vec()),
             value: Some(value),
             headers: None,
         })
@@ -560,9 +525,49 @@ impl Engine {
 async fn encode_task(avro: Option<&AvroOutput>, task: &DeliveryTask) -> Result<Vec<u8>> {
     match avro {
         Some(out) => out.encode(task).await,
-        None => serde_json::to_vec(task).map_err(Into::into),
+        // The body is escaped into a string: a few bytes more than its own length.
+        None => json_value(task, TASK_RECORD_BYTES + task.body.as_str().len() * 9 / 8),
     }
     .context("encoding a delivery task")
+}
+
+/// About the JSON size of a delivery-log record, and of a task record without its body: the
+/// buffers they are written into start at this size, so writing one does not grow it again.
+const LOG_RECORD_BYTES: usize = 512;
+const TASK_RECORD_BYTES: usize = 512;
+
+/// `value` as JSON, written into a buffer of `capacity` bytes to start with.
+fn json_value(value: &impl serde::Serialize, capacity: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
+/// The delivery-log record of one attempt of `task`, borrowing its ids, source and marker.
+fn log_entry<'a>(
+    task: &'a DeliveryTask,
+    outcome: &'a str,
+    status: Option<u16>,
+    error: Option<&'a str>,
+    duration_ms: u64,
+    attempted_at: i64,
+    next_attempt_at: Option<i64>,
+) -> DeliveryLogEntry<'a> {
+    DeliveryLogEntry {
+        delivery_id: &task.delivery_id,
+        subscription_id: &task.subscription_id,
+        event_type: &task.event_type,
+        idempotency_key: &task.idempotency_key,
+        source: &task.source,
+        attempt: task.attempt,
+        outcome,
+        http_status: status,
+        error,
+        duration_ms,
+        attempted_at: rfc3339_ms(attempted_at),
+        next_attempt_at: next_attempt_at.map(rfc3339_ms),
+        replay: task.replay.as_ref(),
+    }
 }
 
 /// How long an endpoint's state (its concurrency gate, recent latency, slow and stalled flags)

@@ -112,7 +112,10 @@ pub fn delivery_id(source: &SourceRef, subscription_id: &str) -> String {
     h.update([0]);
     h.update(subscription_id.as_bytes());
     let digest = h.finalize();
-    format!("dlv_{}", hex::encode(&digest[..16]))
+    let mut id = [0u8; 4 + 32];
+    id[..4].copy_from_slice(b"dlv_");
+    hex::encode_to_slice(&digest[..16], &mut id[4..]).expect("32 hex digits fit");
+    std::str::from_utf8(&id).expect("ASCII").to_owned()
 }
 
 /// A webhook body: the exact UTF-8 JSON text that is signed and sent. Built once per event and
@@ -301,11 +304,52 @@ pub struct DeliveryLogRecord {
     pub replay: Option<ReplayMarker>,
 }
 
+/// A delivery-log record as the engine writes it: the fields of [`DeliveryLogRecord`], in its
+/// order and under its names, borrowed from the attempt's task instead of copied out of it (one
+/// is written for every attempt). Both serialise to the same JSON and the same Avro datum.
+#[derive(Debug, Serialize)]
+pub struct DeliveryLogEntry<'a> {
+    pub delivery_id: &'a str,
+    pub subscription_id: &'a str,
+    pub event_type: &'a str,
+    pub idempotency_key: &'a str,
+    pub source: &'a SourceRef,
+    pub attempt: u32,
+    pub outcome: &'a str,
+    pub http_status: Option<u16>,
+    pub error: Option<&'a str>,
+    pub duration_ms: u64,
+    pub attempted_at: String,
+    pub next_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<&'a ReplayMarker>,
+}
+
+#[cfg(test)]
+impl DeliveryLogRecord {
+    /// The same record as the engine's borrowed form (the tests compare what both write).
+    pub fn as_entry(&self) -> DeliveryLogEntry<'_> {
+        DeliveryLogEntry {
+            delivery_id: &self.delivery_id,
+            subscription_id: &self.subscription_id,
+            event_type: &self.event_type,
+            idempotency_key: &self.idempotency_key,
+            source: &self.source,
+            attempt: self.attempt,
+            outcome: &self.outcome,
+            http_status: self.http_status,
+            error: self.error.as_deref(),
+            duration_ms: self.duration_ms,
+            attempted_at: self.attempted_at.clone(),
+            next_attempt_at: self.next_attempt_at.clone(),
+            replay: self.replay.as_ref(),
+        }
+    }
+}
+
 /// Unix milliseconds → RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(unix_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(unix_ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::events::utc_millis(&chrono::DateTime::from_timestamp_millis(unix_ms).unwrap_or_default())
 }
 
 /// Now, in Unix milliseconds.
@@ -392,6 +436,9 @@ mod tests {
             timestamp_ms: Some(1_736_937_000_000),
         };
         let a = delivery_id(&s, "sub_1");
+        // The SHA-256 of the fields as documented, computed independently: ids of records
+        // already in Kafka must never change with the code that writes them.
+        assert_eq!(a, "dlv_582c5c7cba5f4b8e8ceeb2840cd1c41d");
         assert_eq!(a, delivery_id(&s.clone(), "sub_1"));
         assert_eq!(a.len(), 4 + 32);
         assert_ne!(a, delivery_id(&s, "sub_2"));

@@ -45,7 +45,7 @@ pub struct RebalanceContext {
     tx: UnboundedSender<RebalanceEvent>,
     tracker: Arc<OffsetTracker>,
     /// Records whose work is running, per (topic, partition).
-    running: Mutex<HashMap<(String, i32), usize>>,
+    running: Mutex<HashMap<(Arc<str>, i32), usize>>,
     /// How long a revocation waits for the revoked partitions' running work.
     drain_deadline: Duration,
     /// Where librdkafka statistics report this consumer's lag.
@@ -89,22 +89,22 @@ impl RebalanceContext {
         &self.tracker
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), usize>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, i32), usize>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Work for a record of `topic`/`partition` started.
-    pub fn started(&self, topic: &str, partition: i32) {
+    pub fn started(&self, topic: &Arc<str>, partition: i32) {
         *self
             .running()
-            .entry((topic.to_string(), partition))
+            .entry((topic.clone(), partition))
             .or_default() += 1;
     }
 
     /// Work for a record of `topic`/`partition` ended (however it ended).
-    pub fn ended(&self, topic: &str, partition: i32) {
+    pub fn ended(&self, topic: &Arc<str>, partition: i32) {
         let mut running = self.running();
-        let key = (topic.to_string(), partition);
+        let key = (topic.clone(), partition);
         if let Some(n) = running.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
@@ -115,7 +115,10 @@ impl RebalanceContext {
 
     fn running_on(&self, parts: &[(String, i32)]) -> usize {
         let running = self.running();
-        parts.iter().filter_map(|p| running.get(p)).sum()
+        parts
+            .iter()
+            .filter_map(|(topic, partition)| running.get(&(Arc::from(topic.as_str()), *partition)))
+            .sum()
     }
 
     /// Waits until no work runs on `parts` or the deadline passed; returns what still runs.

@@ -95,7 +95,7 @@ impl InFlight {
         let consumer = self.consumer.clone();
         let failure = self.failure.clone();
         let first_error = self.first_error.clone();
-        let (topic, partition) = (token.topic().to_string(), token.partition());
+        let (topic, partition) = (token.topic_name(), token.partition());
         consumer.context().started(&topic, partition);
         self.tasks.spawn(async move {
             let result = match AssertUnwindSafe(work).catch_unwind().await {

@@ -166,6 +166,11 @@ impl Token {
         &self.topic
     }
 
+    /// The topic of the offset, shared (no copy of the name).
+    pub fn topic_name(&self) -> Arc<str> {
+        self.topic.clone()
+    }
+
     /// The partition of the offset.
     pub fn partition(&self) -> i32 {
         self.partition

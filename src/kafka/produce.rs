@@ -180,9 +180,21 @@ pub async fn produce_all(
     outputs: &[Output],
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    futures::future::try_join_all(outputs.iter().map(|o| produce(producer, o, metrics)))
+    // An attempt writes one or two records: those are joined in place, without the boxed set
+    // of futures `try_join_all` allocates for any number.
+    match outputs {
+        [] => Ok(()),
+        [one] => produce(producer, one, metrics).await.map(|_| ()),
+        [first, second] => futures::future::try_join(
+            produce(producer, first, metrics),
+            produce(producer, second, metrics),
+        )
         .await
-        .map(|_| ())
+        .map(|_| ()),
+        _ => futures::future::try_join_all(outputs.iter().map(|o| produce(producer, o, metrics)))
+            .await
+            .map(|_| ()),
+    }
 }
 
 #[cfg(test)]
