@@ -132,7 +132,8 @@ pub struct DeliveryConfig {
     /// Deliveries in flight across the whole process.
     pub max_in_flight: usize,
     /// Deliveries in flight to one endpoint (scheme + host + port), so a slow endpoint cannot
-    /// take the whole budget.
+    /// take the whole budget. An endpoint that has not answered yet (no attempt to it ended
+    /// other than in a timeout) has an eighth of it (at least 1) until it does.
     pub max_in_flight_per_endpoint: usize,
     /// When every connection to an endpoint is busy and none was freed for this long, further
     /// attempts to it fail at once as `endpoint_saturated` (and follow the retry schedule)

@@ -473,23 +473,17 @@ async fn tarpits(n: usize) -> Vec<u16> {
     ports
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_number_of_hanging_origins_leave_healthy_deliveries_their_share() {
-    // 8 hanging origins × 8 connections each want 64 places in flight, twice the global 32.
-    // Endpoint permit first, global second used to let them take all 32 for the whole request
-    // timeout, and the healthy endpoint's waiting attempts were then shed as
-    // endpoint_saturated. Slow endpoints now share at most 25 % (8 places): an attempt
-    // unanswered for slow_request_ms marks its endpoint slow and goes on only within that share.
-    let receiver = Receiver::start(Behaviour::Status(200)).await;
-    let mut c = setup("slowshare", &receiver).await;
-    c.http.request_timeout_ms = 20_000;
-    c.http.connect_timeout_ms = 20_000;
-    c.delivery.max_in_flight = 32;
-    c.delivery.max_in_flight_per_endpoint = 8;
-    c.delivery.slow_request_ms = 300;
-    c.delivery.slow_share_percent = 25;
-    assert!(c.validate().is_empty(), "{:?}", c.validate());
-    let ports = tarpits(8).await;
+/// Subscriptions for `origins` hanging origins (tarpits) and one healthy one (`/ok` of
+/// `receiver`), and events for them: `per_origin` hanging deliveries per origin first, then
+/// `healthy` healthy ones. Produced to `c`'s topics.
+async fn hanging_origins_then_healthy(
+    c: &Config,
+    receiver: &Receiver,
+    origins: usize,
+    per_origin: usize,
+    healthy: usize,
+) {
+    let ports = tarpits(origins).await;
     let mut subs = vec![sub(
         "healthy",
         &receiver.url("/ok"),
@@ -509,20 +503,39 @@ async fn any_number_of_hanging_origins_leave_healthy_deliveries_their_share() {
             true,
         ));
     }
-    // 16 hanging deliveries per origin first, then the healthy ones.
-    let mut events: Vec<_> = (0..128)
+    let mut events: Vec<_> = (0..origins * per_origin)
         .map(|i| {
             event(
                 "rewards.redeemed",
                 &format!("u{i}"),
-                Some(&format!("h{}", i % 8)),
+                Some(&format!("h{}", i % origins)),
             )
         })
         .collect();
-    events.extend((0..300).map(|i| event("cashback.processed", &format!("f{i}"), None)));
+    events.extend((0..healthy).map(|i| event("cashback.processed", &format!("f{i}"), None)));
     let producer = testkit::producer();
     testkit::produce_all(&producer, &c.topics.subscriptions, &subs).await;
     testkit::produce_all(&producer, &c.topics.events, &events).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_number_of_hanging_origins_leave_healthy_deliveries_their_share() {
+    // 8 hanging origins × 2 connections each (an eighth of 16: none has answered yet) want 16
+    // places in flight, twice the slow endpoints' share. Endpoint permit first, global second
+    // once let hanging origins take all of the global 32 for the whole request timeout, and the
+    // healthy endpoint's waiting attempts were then shed as endpoint_saturated. Slow endpoints
+    // share at most 25 % (8 places): an attempt unanswered for slow_request_ms marks its
+    // endpoint slow and goes on only within that share.
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let mut c = setup("slowshare", &receiver).await;
+    c.http.request_timeout_ms = 20_000;
+    c.http.connect_timeout_ms = 20_000;
+    c.delivery.max_in_flight = 32;
+    c.delivery.max_in_flight_per_endpoint = 16;
+    c.delivery.slow_request_ms = 300;
+    c.delivery.slow_share_percent = 25;
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    hanging_origins_then_healthy(&c, &receiver, 8, 16, 300).await;
     let metrics = Arc::new(Metrics::new());
     let cancel = CancellationToken::new();
     let handle = tokio::spawn(run_processor(c.clone(), metrics.clone(), cancel.clone()));
@@ -543,6 +556,12 @@ async fn any_number_of_hanging_origins_leave_healthy_deliveries_their_share() {
     let started = std::time::Instant::now();
     let got = receiver.wait_for("/ok", 300, Duration::from_secs(30)).await;
     let took = started.elapsed();
+    // The healthy deliveries may all be done before the hanging origins are found slow: keep
+    // sampling until they have been (their attempts beyond the share are then given up).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metrics.slow_abandoned.get() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sampler.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     let abandoned = metrics.slow_abandoned.get();
@@ -583,4 +602,36 @@ async fn any_number_of_hanging_origins_leave_healthy_deliveries_their_share() {
         "healthy attempts failed: {not_success:?}"
     );
     assert_eq!(healthy.len(), 300, "one attempt per healthy delivery");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_origins_that_hang_from_their_first_request_hold_an_eighth_of_their_slots() {
+    // 8 hanging origins × 16 connections want 128 places, four times the global 32, and none
+    // is known to be slow for 8 s (slow_request_ms). With their whole limit they would hold
+    // every global place for those 8 s and the healthy endpoint's deliveries would wait behind
+    // them. An origin that has not answered has 2 slots (an eighth of 16): 16 places, and the
+    // healthy endpoint, once answered, has the other 16 from the start.
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let mut c = setup("firstslots", &receiver).await;
+    c.http.request_timeout_ms = 20_000;
+    c.http.connect_timeout_ms = 20_000;
+    c.delivery.max_in_flight = 32;
+    c.delivery.max_in_flight_per_endpoint = 16;
+    c.delivery.slow_request_ms = 8_000;
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    hanging_origins_then_healthy(&c, &receiver, 8, 16, 300).await;
+    let metrics = Arc::new(Metrics::new());
+    let cancel = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let handle = tokio::spawn(run_processor(c.clone(), metrics.clone(), cancel.clone()));
+    let got = receiver.wait_for("/ok", 300, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    eprintln!("300 healthy deliveries beside 8 new hanging origins took {took:?}");
+    assert_eq!(got.len(), 300);
+    assert!(
+        took < Duration::from_secs(6),
+        "healthy deliveries waited for the hanging origins to be found slow (8 s): {took:?}"
+    );
+    cancel.cancel();
+    handle.await.unwrap().unwrap();
 }

@@ -8,8 +8,9 @@
 //! on the wire), or a queue that takes longer to drain at the recent request duration — its
 //! attempts fail at once as `endpoint_saturated` instead of holding slots that other endpoints
 //! need; and an attempt unanswered for `delivery.slow_request_ms` marks its endpoint slow, and
-//! slow endpoints together hold at most `delivery.slow_share_percent` of the global budget),
-//! writes the delivery-log record, and schedules the next
+//! slow endpoints together hold at most `delivery.slow_share_percent` of the global budget;
+//! an endpoint that has not answered yet has an eighth of its connections, see
+//! [`first_slots`]), writes the delivery-log record, and schedules the next
 //! attempt in its retry tier or, after the last attempt, writes the failed record. It returns only
 //! when every record it produced is acknowledged by Kafka, so callers can release the input
 //! offset.
@@ -244,7 +245,7 @@ impl Engine {
                 self.metrics.endpoint_stalled(true);
                 warn!(
                     endpoint = %gate.origin,
-                    in_flight = gate.limit,
+                    in_flight = gate.limit(),
                     "endpoint stalled: every connection busy and none freed in time; its attempts \
                      fail as endpoint_saturated until one is"
                 );
@@ -358,6 +359,10 @@ impl Engine {
         };
         if result.duration < self.slow_after {
             gate.mark_slow(false);
+        }
+        // Any end but a timeout is an answer, however slow: the endpoint does not hang.
+        if result.outcome != Outcome::Timeout {
+            gate.answered();
         }
         self.metrics.in_flight.dec();
         gate.observe(result.duration);
@@ -570,6 +575,17 @@ fn log_entry<'a>(
     }
 }
 
+/// The connection slots of an endpoint that has not answered yet (no attempt to it ended other
+/// than in a timeout): an eighth of its limit (at least one). A new origin that hangs from its
+/// first request would otherwise take its whole limit of global places before it is known to be
+/// slow (`slow_request_ms`), and a few dozen such origins at once (a start with a backlog, a
+/// batch of new partners) hold the entire global budget for that long while healthy endpoints
+/// wait. A healthy endpoint answers within milliseconds, and a slow one when it answers, and
+/// then gets all of its slots.
+fn first_slots(limit: usize) -> usize {
+    (limit / 8).clamp(1, limit.max(1))
+}
+
 /// How long an endpoint's state (its concurrency gate, recent latency, slow and stalled flags)
 /// is kept after its last attempt; partners come and go, and memory must not grow with every
 /// origin ever seen.
@@ -669,7 +685,12 @@ struct EndpointGate {
     /// Whether the last decision was a refusal, to log transitions only.
     stalled: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
-    limit: u64,
+    /// The slots it has now: [`first_slots`] of `full_limit` until the endpoint first answers.
+    limit: AtomicU64,
+    /// `delivery.max_in_flight_per_endpoint`.
+    full_limit: u64,
+    /// Whether an attempt to it has ended other than in a timeout (a response or an error).
+    answered: std::sync::atomic::AtomicBool,
     /// `delivery.endpoint_stall_ms`: how long a wait may grow before the endpoint counts as
     /// stalled.
     stall: Duration,
@@ -708,12 +729,17 @@ impl Drop for Sending<'_> {
 
 impl EndpointGate {
     /// A gate of `limit` slots; `slow_after` is `delivery.slow_request_ms`.
+    /// Until the endpoint first answers it gets [`first_slots`] of them.
     fn new(origin: String, limit: usize, stall: Duration, slow_after: Duration) -> Self {
+        let limit = limit.max(1);
+        let first = first_slots(limit);
         EndpointGate {
             origin,
             stalled: std::sync::atomic::AtomicBool::new(false),
-            permits: Arc::new(Semaphore::new(limit)),
-            limit: limit.max(1) as u64,
+            permits: Arc::new(Semaphore::new(first)),
+            limit: AtomicU64::new(first as u64),
+            full_limit: limit as u64,
+            answered: std::sync::atomic::AtomicBool::new(false),
             stall,
             slow_stall: stall.min(slow_after),
             last_grant_ms: AtomicU64::new(0),
@@ -727,6 +753,21 @@ impl EndpointGate {
             last_used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    /// The connection slots the endpoint has now.
+    fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// An attempt ended other than in a timeout: the endpoint gets its full number of slots.
+    fn answered(&self) {
+        if self.answered.load(Ordering::Relaxed) || self.answered.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let more = self.full_limit - self.limit();
+        self.permits.add_permits(more as usize);
+        self.limit.store(self.full_limit, Ordering::Release);
     }
 
     fn touch(&self) {
@@ -809,10 +850,11 @@ impl EndpointGate {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         let idle_us = now_ms.saturating_sub(self.last_grant_ms.load(Ordering::Acquire)) * 1000;
         let sending = self.sending.load(Ordering::Acquire);
+        let limit = self.limit();
         // The shorter time only when every slot is on the wire: a healthy endpoint on a
         // saturated host can have a slow request while its other slots wait for global places,
         // and it is not hanging.
-        let idle_limit = if self.is_slow() && sending >= self.limit {
+        let idle_limit = if self.is_slow() && sending >= limit {
             self.slow_stall
         } else {
             self.stall
@@ -823,10 +865,10 @@ impl EndpointGate {
             return true;
         }
         let latency_us = self.latency_us.load(Ordering::Acquire);
-        if self.samples.load(Ordering::Acquire) < self.limit || latency_us <= stall_us / 4 {
+        if self.samples.load(Ordering::Acquire) < limit || latency_us <= stall_us / 4 {
             return false;
         }
-        let queue_us = self.waiting.load(Ordering::Acquire) * latency_us / self.limit;
+        let queue_us = self.waiting.load(Ordering::Acquire) * latency_us / limit;
         queue_us > stall_us
     }
 
@@ -976,6 +1018,7 @@ mod tests {
             Duration::from_secs(10),
             Duration::from_millis(200),
         ));
+        gate.answered();
         let _a = gate.acquire().await.expect("slot 1");
         let _b = gate.acquire().await.expect("slot 2");
         let _on_wire = gate.sending();
@@ -987,6 +1030,36 @@ mod tests {
         );
         let _both = gate.sending();
         assert!(gate.stalled(), "every slot on the wire: stalled");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_gets_an_eighth_of_its_slots_until_it_first_answers() {
+        assert_eq!(
+            [1, 2, 7, 8, 16, 64, 100].map(first_slots),
+            [1, 1, 1, 1, 2, 8, 12]
+        );
+        let stall = Duration::from_secs(10);
+        let gate = Arc::new(EndpointGate::new("https://new".into(), 16, stall, stall));
+        let first: Vec<_> = (0..2)
+            .map(|_| gate.permits.clone().try_acquire_owned())
+            .collect();
+        assert!(first.iter().all(Result::is_ok), "2 of 16 slots at first");
+        assert!(
+            gate.permits.clone().try_acquire_owned().is_err(),
+            "a third waits: nothing was answered yet"
+        );
+        assert_eq!(gate.limit(), 2);
+        // "Every slot on the wire" means the two it has.
+        let _on_wire = (gate.sending(), gate.sending());
+        gate.mark_slow(true);
+        gate.last_grant_ms.store(0, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!gate.stalled(), "slow time 10 s not reached");
+        // The first answer opens the rest, once.
+        gate.answered();
+        gate.answered();
+        assert_eq!(gate.limit(), 16);
+        assert_eq!(gate.permits.available_permits(), 14);
     }
 
     #[tokio::test]
@@ -1059,6 +1132,7 @@ mod tests {
         // only "nothing granted for the stall time" counts.
         let stall = Duration::from_millis(200);
         let gate = Arc::new(EndpointGate::new("https://test".into(), 2, stall, stall));
+        gate.answered();
         let a = gate.acquire().await.expect("slot 1");
         let b = gate.acquire().await.expect("slot 2");
         gate.observe(Duration::from_secs(5));
