@@ -583,7 +583,7 @@ fn log_entry<'a>(
 /// wait. A healthy endpoint answers within milliseconds, and a slow one when it answers, and
 /// then gets all of its slots.
 fn first_slots(limit: usize) -> usize {
-    (limit / 8).clamp(1, limit.max(1))
+    (limit / 8).max(1)
 }
 
 /// How long an endpoint's state (its concurrency gate, recent latency, slow and stalled flags)
@@ -689,8 +689,6 @@ struct EndpointGate {
     limit: AtomicU64,
     /// `delivery.max_in_flight_per_endpoint`.
     full_limit: u64,
-    /// Whether an attempt to it has ended other than in a timeout (a response or an error).
-    answered: std::sync::atomic::AtomicBool,
     /// `delivery.endpoint_stall_ms`: how long a wait may grow before the endpoint counts as
     /// stalled.
     stall: Duration,
@@ -739,7 +737,6 @@ impl EndpointGate {
             permits: Arc::new(Semaphore::new(first)),
             limit: AtomicU64::new(first as u64),
             full_limit: limit as u64,
-            answered: std::sync::atomic::AtomicBool::new(false),
             stall,
             slow_stall: stall.min(slow_after),
             last_grant_ms: AtomicU64::new(0),
@@ -762,12 +759,13 @@ impl EndpointGate {
 
     /// An attempt ended other than in a timeout: the endpoint gets its full number of slots.
     fn answered(&self) {
-        if self.answered.load(Ordering::Relaxed) || self.answered.swap(true, Ordering::AcqRel) {
+        if self.limit() == self.full_limit {
             return;
         }
-        let more = self.full_limit - self.limit();
-        self.permits.add_permits(more as usize);
-        self.limit.store(self.full_limit, Ordering::Release);
+        // Only the first caller sees the smaller limit and adds the difference.
+        let before = self.limit.swap(self.full_limit, Ordering::AcqRel);
+        self.permits
+            .add_permits((self.full_limit - before) as usize);
     }
 
     fn touch(&self) {
