@@ -402,7 +402,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_rule_and_the_failure_ale
             }
         }
     }
-    assert_eq!((records, alerts), (5, 6), "rules loaded: {rules}");
+    assert_eq!((records, alerts), (5, 7), "rules loaded: {rules}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
     stop.store(true, Ordering::Relaxed);
