@@ -74,6 +74,9 @@ for_both_transports!(
     expired_certificate_is_a_tls_error,
     certificate_for_another_name_is_a_tls_error,
     too_many_requests_reports_its_retry_after,
+    a_server_without_http2_is_sent_http1,
+    attempts_beyond_the_servers_stream_limit_wait_for_a_stream,
+    a_connection_the_server_closed_is_noticed,
 );
 
 async fn success_sends_the_exact_body_and_every_header(transport: Transport) {
@@ -105,10 +108,83 @@ async fn success_sends_the_exact_body_and_every_header(transport: Transport) {
         "{ua}"
     );
     assert_eq!(got.signature_valid, Some(true));
+    assert_eq!(got.version, "HTTP/2.0", "a server offering HTTP/2 gets it");
+    assert_eq!(
+        got.header("content-length"),
+        Some(BODY.len().to_string().as_str())
+    );
     assert!(receiver
         .recv_timeout(Duration::from_millis(200))
         .await
         .is_none());
+}
+
+async fn a_server_without_http2_is_sent_http1(transport: Transport) {
+    let receiver = Receiver::start_http1_only(Behaviour::Status(200)).await;
+    receiver.set_secret("/hook", "whsec_test");
+    let signature = mgpass_webhooks::signing::sign(b"whsec_test", BODY.as_bytes());
+    let http = client(&receiver.http_config(), transport);
+
+    // The first attempt finds out (by ALPN) and the second goes straight to HTTP/1.1.
+    for attempt in 1..=2 {
+        let result = send(&http, &receiver.url("/hook"), &signature, attempt).await;
+        assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+        let got = receiver
+            .recv_timeout(Duration::from_secs(5))
+            .await
+            .expect("request received");
+        assert_eq!(got.version, "HTTP/1.1");
+        assert_eq!(got.body, BODY.as_bytes(), "body byte for byte");
+        assert_eq!(
+            got.header("x-webhook-attempt"),
+            Some(attempt.to_string().as_str())
+        );
+        assert_eq!(got.signature_valid, Some(true));
+    }
+    assert_eq!(receiver.received().len(), 2, "each attempt sent once");
+}
+
+async fn attempts_beyond_the_servers_stream_limit_wait_for_a_stream(transport: Transport) {
+    // The server allows 4 streams at a time and takes 100 ms per request: 40 attempts at once
+    // on its one connection wait for streams, none fails, each is sent once.
+    let receiver =
+        Receiver::start_with_max_streams(Behaviour::Delay(Duration::from_millis(100), 200), 4)
+            .await;
+    let http = client(&receiver.http_config(), transport);
+    let url = receiver.url("/hook");
+    let started = Instant::now();
+    let results = futures::future::join_all((0..40).map(|_| send(&http, &url, "sig", 1))).await;
+
+    for result in &results {
+        assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+    }
+    assert_eq!(receiver.received_on("/hook").len(), 40);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+async fn a_connection_the_server_closed_is_noticed(transport: Transport) {
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let http = client(&receiver.http_config(), transport);
+    let url = receiver.url("/hook");
+    let result = send(&http, &url, "sig", 1).await;
+    assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+
+    // The server goes away with its connections; the client's connection ends with it, and the
+    // next attempt connects again, which is refused now.
+    drop(receiver);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let result = send(&http, &url, "sig", 2).await;
+    assert_eq!(result.outcome, Outcome::ConnectError, "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 async fn server_error_is_an_http_error_with_its_status_and_excerpt(transport: Transport) {

@@ -1078,8 +1078,8 @@ fn healthy_not_success(r: &RunResult) -> f64 {
                 && k.contains("\"rewards.points_awarded\"")
                 && !k.contains("outcome=\"success\"")
         })
-        .map(|(_, v)| *v)
-        .sum()
+        // A fold from +0: an empty f64 sum is -0, printed "-0".
+        .fold(0.0, |sum, (_, v)| sum + v)
 }
 
 fn met(ok: bool) -> String {
@@ -1153,6 +1153,7 @@ async fn main_async(args: Args) -> Result<bool> {
             }
         }
     }
+    let noted: Vec<usize> = results.iter().map(|r| r.notes.len()).collect();
     judge(&mut results, bench.args.smoke, bench.args.quiet_cores);
     for r in &results {
         // d-rate may legitimately end before all healthy deliveries arrive: that is its finding.
@@ -1172,6 +1173,12 @@ async fn main_async(args: Args) -> Result<bool> {
     println!();
     println!("CPU: {}", procfs::cpu_model());
     println!("{}", report::text_table(&results));
+    // What the verdicts were judged on (the per-run details above were printed before).
+    for (r, before) in results.iter().zip(noted) {
+        for note in &r.notes[before..] {
+            println!("{}: {note}", r.id);
+        }
+    }
     if bench.args.markdown {
         println!("{}", report::markdown_table(&results));
     }

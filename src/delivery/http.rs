@@ -20,25 +20,29 @@
 //!
 //! Success is any 2xx ([`classify_status`]). Retry decisions belong to the caller.
 //!
-//! Two transports give those guarantees ([`Transport`]): hyper's pooled client over rustls,
-//! straight to the endpoint, and reqwest, which honours the proxy variables of the environment.
-//! The first is used unless the environment names a proxy: reqwest's layers (its redirect
-//! policy re-parses every request's URL even with redirects off, plus request conversion and
-//! boxing) cost about 20 % of the processor's CPU per delivery (docs/benchmarks.md). Both share
-//! the TLS set-up (webpki roots plus `http.ca_bundle`, ring), the pool settings, the headers
-//! and the outcome rules, and `tests/http_attempts.rs` runs every case against both.
+//! Two transports give those guarantees ([`Transport`]): a direct one, straight to the
+//! endpoint, and reqwest, which honours the proxy variables of the environment. The first is
+//! used unless the environment names a proxy: reqwest's layers (its redirect policy re-parses
+//! every request's URL even with redirects off, plus request conversion and boxing) cost about
+//! 20 % of the processor's CPU per delivery (docs/benchmarks.md). The direct transport sends
+//! over HTTP/2 with the `h2` crate itself (one connection per origin, see `h2_pool`), and over
+//! hyper's pooled HTTP/1.1 client to origins that do not choose HTTP/2 by ALPN and to `http://`
+//! endpoints. All share the TLS set-up (webpki roots plus `http.ca_bundle`, ring), the pool
+//! settings, the headers and the outcome rules, and `tests/http_attempts.rs` runs every case
+//! against each.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
     USER_AGENT as USER_AGENT_NAME,
 };
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
+use super::h2_pool;
 use crate::config::HttpConfig;
 use crate::net_guard::{self, Resolver};
 
@@ -273,7 +277,11 @@ type DirectClient = hyper_util::client::legacy::Client<
 
 #[derive(Debug, Clone)]
 enum Inner {
-    Direct(Box<DirectClient>),
+    /// HTTP/2 through `h2`, HTTP/1.1 through hyper's client.
+    Direct {
+        h2: std::sync::Arc<h2_pool::Pool>,
+        http1: Box<DirectClient>,
+    },
     Proxied(reqwest::Client),
 }
 
@@ -337,11 +345,19 @@ impl HttpClient {
             None => Vec::new(),
         };
         let inner = match transport {
-            Transport::Direct => Inner::Direct(Box::new(direct_client(
-                config,
-                &extra_roots,
-                resolver.clone(),
-            )?)),
+            Transport::Direct => {
+                let tls = tls_config(config, &extra_roots)?;
+                let mut h2_tls = tls.clone();
+                h2_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Inner::Direct {
+                    h2: std::sync::Arc::new(h2_pool::Pool::new(
+                        std::sync::Arc::new(h2_tls),
+                        resolver.clone(),
+                        Duration::from_millis(config.connect_timeout_ms),
+                    )),
+                    http1: Box::new(direct_client(config, tls, resolver.clone())),
+                }
+            }
             Transport::Proxied => {
                 Inner::Proxied(proxied_client(config, &extra_roots, resolver.clone())?)
             }
@@ -358,7 +374,7 @@ impl HttpClient {
     /// Which transport this client uses.
     pub fn transport(&self) -> Transport {
         match self.inner {
-            Inner::Direct(_) => Transport::Direct,
+            Inner::Direct { .. } => Transport::Direct,
             Inner::Proxied(_) => Transport::Proxied,
         }
     }
@@ -402,20 +418,11 @@ fn proxied_client(
     })
 }
 
-/// The hyper client of [`Transport::Direct`]: the same settings as [`proxied_client`].
-fn direct_client(
+/// The TLS settings of [`Transport::Direct`]: webpki roots plus `http.ca_bundle`, on ring.
+fn tls_config(
     config: &HttpConfig,
     extra_roots: &[CertificateDer<'static>],
-    resolver: Resolver,
-) -> anyhow::Result<DirectClient> {
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
-    // Every name is resolved by the guard, which returns only addresses it allows.
-    let mut http = HttpConnector::new_with_resolver(resolver);
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra_roots {
@@ -431,26 +438,41 @@ fn direct_client(
         })?;
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// The hyper client of [`Transport::Direct`] (HTTP/1.1 in practice: origins that choose HTTP/2
+/// go through [`h2_pool`]): the same settings as [`proxied_client`].
+fn direct_client(
+    config: &HttpConfig,
+    tls: rustls::ClientConfig,
+    resolver: Resolver,
+) -> DirectClient {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    // Every name is resolved by the guard, which returns only addresses it allows.
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
-    Ok(
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(64)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_timeout(Duration::from_secs(10))
-            .build(https),
-    )
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .build(https)
 }
 
 impl HttpClient {
@@ -475,7 +497,7 @@ impl HttpClient {
                 )
             }
         }
-        let headers = match request_headers(&req) {
+        let mut headers = match request_headers(&req) {
             Ok(h) => h,
             Err(e) => return AttemptResult::failed(Outcome::RequestError, e, started),
         };
@@ -500,7 +522,20 @@ impl HttpClient {
                 }
                 return self.send_proxied(client, req, headers, started).await;
             }
-            Inner::Direct(client) => client,
+            Inner::Direct { h2, http1 } => {
+                if req.url.scheme() != "https" {
+                    http1
+                } else {
+                    match self.send_h2(h2, &req, headers, started).await {
+                        Ok(result) => return result,
+                        // The origin speaks HTTP/1.1 only.
+                        Err(given_back) => {
+                            headers = given_back;
+                            http1
+                        }
+                    }
+                }
+            }
         };
         let uri: hyper::Uri = match req.url.as_str().parse() {
             Ok(uri) => uri,
@@ -515,7 +550,6 @@ impl HttpClient {
         let mut request = hyper::Request::new(http_body_util::Full::new(req.body));
         *request.method_mut() = hyper::Method::POST;
         *request.uri_mut() = uri;
-        let mut headers = headers;
         headers.insert(USER_AGENT_NAME, HeaderValue::from_static(USER_AGENT));
         *request.headers_mut() = headers;
         let max = self.max_response_bytes;
@@ -544,6 +578,92 @@ impl HttpClient {
             }
             Ok(Ok((parts, excerpt))) => {
                 response_result(parts.status, &parts.headers, excerpt, started)
+            }
+        }
+    }
+
+    /// [`HttpClient::send`] over HTTP/2 through the pool of `h2` connections; `Err` gives the
+    /// headers back when the origin does not speak HTTP/2 (nothing was sent).
+    async fn send_h2(
+        &self,
+        pool: &h2_pool::Pool,
+        req: &Request<'_>,
+        mut headers: HeaderMap,
+        started: Instant,
+    ) -> Result<AttemptResult, HeaderMap> {
+        let uri: hyper::Uri = match req.url.as_str().parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Ok(AttemptResult::failed(
+                    Outcome::RequestError,
+                    "the URL is not a valid request target".into(),
+                    started,
+                ))
+            }
+        };
+        headers.insert(USER_AGENT_NAME, HeaderValue::from_static(USER_AGENT));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(req.body.len()));
+        let max = self.max_response_bytes;
+        let exchange = async {
+            // A request the server provably did not process is sent again (a few times at most:
+            // the exchange is bounded by the request timeout anyway).
+            let mut tries_left = 3;
+            loop {
+                tries_left -= 1;
+                let live = match pool.connection(req.url).await {
+                    Ok(h2_pool::Connection::H2(live)) => live,
+                    Ok(h2_pool::Connection::Http1) => return Err(()),
+                    Err(e) => return Ok(connect_failure(e, started)),
+                };
+                let mut request = http::Request::new(());
+                *request.method_mut() = hyper::Method::POST;
+                *request.uri_mut() = uri.clone();
+                *request.headers_mut() = headers.clone();
+                match h2_pool::exchange(&live, request, req.body.clone()).await {
+                    Ok((response, stream)) => {
+                        let (parts, body) = response.into_parts();
+                        let excerpt = read_excerpt(h2_pool::ResponseBody(body), max).await;
+                        drop(stream);
+                        return Ok(response_result(
+                            parts.status,
+                            &parts.headers,
+                            excerpt,
+                            started,
+                        ));
+                    }
+                    Err(h2_pool::SendError::Gone(e)) if tries_left > 0 => {
+                        tracing::debug!(error = %e, "HTTP/2 connection gone before the request was sent; connecting again");
+                        pool.forget(req.url, &live);
+                    }
+                    Err(h2_pool::SendError::Refused(e)) if tries_left > 0 => {
+                        tracing::debug!(error = %e, "HTTP/2 stream refused before processing; sending it again");
+                    }
+                    Err(
+                        h2_pool::SendError::Gone(e)
+                        | h2_pool::SendError::Refused(e)
+                        | h2_pool::SendError::Failed(e),
+                    ) => {
+                        // A connection-level failure ends the connection for every stream;
+                        // a stream reset leaves it to the others.
+                        if e.is_io() || e.is_go_away() {
+                            pool.forget(req.url, &live);
+                        }
+                        return Ok(AttemptResult::failed(
+                            Outcome::RequestError,
+                            truncate(&format!("sending the request failed: {e}"), MAX_ERROR_CHARS),
+                            started,
+                        ));
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Err(_) => Ok(self.timed_out(started)),
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(())) => {
+                headers.remove(USER_AGENT_NAME);
+                headers.remove(CONTENT_LENGTH);
+                Err(headers)
             }
         }
     }
@@ -599,6 +719,20 @@ impl HttpClient {
             }
         }
     }
+}
+
+/// The result of an attempt for which no HTTP/2 connection could be made.
+fn connect_failure(e: h2_pool::ConnectError, started: Instant) -> AttemptResult {
+    use h2_pool::ConnectError as E;
+    let outcome = match &e {
+        E::Guard(refused @ net_guard::GuardError::Refused { .. }) => {
+            return AttemptResult::failed(Outcome::AddressRefused, refused.to_string(), started)
+        }
+        E::Timeout(_) => Outcome::Timeout,
+        E::Guard(_) | E::Tcp(_) | E::Handshake(_) => Outcome::ConnectError,
+        E::Tls(_) => Outcome::TlsError,
+    };
+    AttemptResult::failed(outcome, truncate(&e.to_string(), MAX_ERROR_CHARS), started)
 }
 
 /// The result of an attempt that got a response with these headers.
@@ -682,8 +816,9 @@ fn request_headers(req: &Request<'_>) -> Result<HeaderMap, String> {
     Ok(h)
 }
 
-/// Reads at most `max` bytes of the body, frame by frame; the rest is left unread (the connection
-/// is then closed rather than reused). A failure while reading keeps what arrived.
+/// Reads at most `max` bytes of the body, frame by frame; the rest is left unread (an HTTP/1.1
+/// connection is then closed rather than reused, an HTTP/2 stream reset). A failure while
+/// reading keeps what arrived.
 async fn read_excerpt<B>(mut body: B, max: usize) -> Option<String>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,

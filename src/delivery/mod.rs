@@ -9,6 +9,7 @@
 //! attempt 3 failed; a fourth failure ends the delivery in the failed topic.
 
 pub mod engine;
+mod h2_pool;
 pub mod http;
 
 use std::sync::Arc;

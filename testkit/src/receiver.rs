@@ -77,6 +77,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
     pub at: Instant,
+    /// The HTTP version the request came over (`HTTP/1.1`, `HTTP/2.0`).
+    pub version: String,
     /// `None` when no secret is set for the path; otherwise whether the signature verified.
     pub signature_valid: Option<bool>,
     /// The status the receiver answers (or answered) this request with; `None` for a
@@ -121,6 +123,9 @@ pub struct Receiver {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// Concurrent HTTP/2 streams a receiver allows per connection unless told otherwise.
+const MAX_STREAMS: u32 = 1024;
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.shared.cancel.cancel();
@@ -138,6 +143,25 @@ impl Receiver {
     /// An HTTPS receiver whose server certificate is of the given kind (expired, for another
     /// name), issued by its own CA ([`Receiver::ca_file`]) like [`Receiver::start`]'s.
     pub async fn start_with_leaf(default: Behaviour, leaf: Leaf) -> Receiver {
+        Receiver::start_tls(default, leaf, &[b"h2", b"http/1.1"], MAX_STREAMS).await
+    }
+
+    /// An HTTPS receiver allowing at most `max_streams` concurrent HTTP/2 streams per connection.
+    pub async fn start_with_max_streams(default: Behaviour, max_streams: u32) -> Receiver {
+        Receiver::start_tls(default, Leaf::Valid, &[b"h2", b"http/1.1"], max_streams).await
+    }
+
+    /// An HTTPS receiver whose TLS offers only `http/1.1` by ALPN, as servers without HTTP/2 do.
+    pub async fn start_http1_only(default: Behaviour) -> Receiver {
+        Receiver::start_tls(default, Leaf::Valid, &[b"http/1.1"], MAX_STREAMS).await
+    }
+
+    async fn start_tls(
+        default: Behaviour,
+        leaf: Leaf,
+        alpn: &[&[u8]],
+        max_streams: u32,
+    ) -> Receiver {
         // A distinct CA name per receiver: with one name for all, a client trusting another
         // receiver's CA finds an issuer of that name and reports a bad signature, not an
         // unknown issuer.
@@ -145,11 +169,11 @@ impl Receiver {
         let n = CAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ca_name = format!("mgpass-webhooks test CA {} #{n}", std::process::id());
         let tls = LocalTls::generate_leaf(&ca_name, leaf).expect("test certificates");
-        let acceptor = tls.acceptor(&[b"h2", b"http/1.1"]).expect("TLS acceptor");
+        let acceptor = tls.acceptor(alpn).expect("TLS acceptor");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ca.pem"), &tls.ca_pem).expect("write CA file");
 
-        let mut r = Receiver::launch("https", default, Some(acceptor)).await;
+        let mut r = Receiver::launch("https", default, Some(acceptor), max_streams).await;
         r.ca_pem = Some(tls.ca_pem);
         r.ca_dir = Some(dir);
         r
@@ -157,13 +181,14 @@ impl Receiver {
 
     /// A plain `http://` receiver (for `http.allow_http` tests).
     pub async fn start_plain(default: Behaviour) -> Receiver {
-        Receiver::launch("http", default, None).await
+        Receiver::launch("http", default, None, MAX_STREAMS).await
     }
 
     async fn launch(
         scheme: &str,
         default: Behaviour,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        max_streams: u32,
     ) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -184,7 +209,7 @@ impl Receiver {
             let shared = shared.clone();
             Arc::new(move |req| Box::pin(handle(shared.clone(), req)))
         };
-        let server = tokio::spawn(https::serve(listener, tls, 1024, handler));
+        let server = tokio::spawn(https::serve(listener, tls, max_streams, handler));
         Receiver {
             shared,
             addr,
@@ -397,6 +422,7 @@ async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Response 
             headers,
             body,
             at: Instant::now(),
+            version: format!("{:?}", parts.version),
             signature_valid,
             status,
         });
