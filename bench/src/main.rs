@@ -912,9 +912,13 @@ impl Bench {
             });
         }
 
-        // The raw ceiling for this run's concurrency and mode (measured once, reused).
+        // The raw ceiling for this run's concurrency and mode (measured once, reused; a-again
+        // measures its own, minutes after a's, to show how far the host drifted).
         let (origins, conc) = self.concurrency(spec);
-        let key = format!("{origins} {conc} {:?}", spec.ceiling);
+        let mut key = format!("{origins} {conc} {:?}", spec.ceiling);
+        if spec.id == A_AGAIN {
+            key.push_str(A_AGAIN);
+        }
         if !self.ceilings.contains_key(&key) {
             eprintln!(
                 "[bench] {}: ceiling, plain reqwest, concurrency {conc} over {origins} endpoints, {:?}",
