@@ -242,7 +242,8 @@ pub const PROXY_VARIABLES: [&str; 6] = [
 /// How requests leave the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// hyper's pooled client over rustls, straight to the endpoint: the fast path.
+    /// Straight to the endpoint, HTTP/2 through `h2` and HTTP/1.1 through hyper's pooled
+    /// client, over rustls: the fast path.
     Direct,
     /// reqwest, which honours `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY` (and `HTTP_PROXY` for
     /// `http://` endpoints) from the environment.
@@ -588,7 +589,7 @@ impl HttpClient {
         &self,
         pool: &h2_pool::Pool,
         req: &Request<'_>,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         started: Instant,
     ) -> Result<AttemptResult, HeaderMap> {
         let uri: hyper::Uri = match req.url.as_str().parse() {
@@ -601,9 +602,10 @@ impl HttpClient {
                 ))
             }
         };
-        headers.insert(USER_AGENT_NAME, HeaderValue::from_static(USER_AGENT));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(req.body.len()));
         let max = self.max_response_bytes;
+        // The headers go into the first request; a request sent again gets them built anew, so
+        // an attempt sent once copies nothing (they were checked when the attempt began).
+        let mut first = Some(headers);
         let exchange = async {
             // A request the server provably did not process is sent again (a few times at most:
             // the exchange is bounded by the request timeout anyway).
@@ -615,10 +617,16 @@ impl HttpClient {
                     Ok(h2_pool::Connection::Http1) => return Err(()),
                     Err(e) => return Ok(connect_failure(e, started)),
                 };
+                let mut headers = match first.take() {
+                    Some(headers) => headers,
+                    None => request_headers(req).unwrap_or_default(),
+                };
+                headers.insert(USER_AGENT_NAME, HeaderValue::from_static(USER_AGENT));
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(req.body.len()));
                 let mut request = http::Request::new(());
                 *request.method_mut() = hyper::Method::POST;
                 *request.uri_mut() = uri.clone();
-                *request.headers_mut() = headers.clone();
+                *request.headers_mut() = headers;
                 match h2_pool::exchange(&live, request, req.body.clone()).await {
                     Ok((response, stream)) => {
                         let (parts, body) = response.into_parts();
@@ -660,11 +668,10 @@ impl HttpClient {
         match tokio::time::timeout(self.request_timeout, exchange).await {
             Err(_) => Ok(self.timed_out(started)),
             Ok(Ok(result)) => Ok(result),
-            Ok(Err(())) => {
-                headers.remove(USER_AGENT_NAME);
-                headers.remove(CONTENT_LENGTH);
-                Err(headers)
-            }
+            // Known before any request was built, so the headers are normally still here.
+            Ok(Err(())) => Err(first
+                .take()
+                .unwrap_or_else(|| request_headers(req).unwrap_or_default())),
         }
     }
 
