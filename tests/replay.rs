@@ -674,6 +674,54 @@ async fn a_narrowed_or_rescoped_subscription_stops_a_pending_retry() {
     running.stop().await;
 }
 
+/// 20 MB of 25-s tier tasks (more than the 16 MiB librdkafka prefetches per consumer), all due
+/// at once 4 s ahead: the tier pauses the partitions whose heads are not yet due, resumes them
+/// once they are, fetches the rest again and delivers every task once, none early, with the
+/// signature the guide verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_full_of_large_tasks_due_at_once_delivers_every_one_once_and_none_early() {
+    const N: usize = 200;
+    const PAD: usize = 100_000;
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let c = setup("hold", &receiver).await;
+    receiver.set_secret("/big", SECRET);
+    put_subs(&c, &[sub("big", &receiver.url("/big"), &[PTS], None, true)]).await;
+    let running = start(&c);
+    let due = chrono::Utc::now().timestamp_millis() + 4_000;
+    let pad = "x".repeat(PAD);
+    let tasks: Vec<DeliveryTask> = (0..N)
+        .map(|n| {
+            let mut t = failed_task(&format!("dlv_big_{n}"), "big", PTS, "http_error", due, None);
+            t.body = format!(
+                r#"{{"event_type":"{PTS}","data":{{"user_id":"u{n}","note":"{pad}"}},"timestamp":"2025-01-15T10:30:00.000Z"}}"#
+            )
+            .into();
+            t.due_at_ms = due;
+            t.failed_at_ms = None;
+            t
+        })
+        .collect();
+    produce_tasks(&c.topics.retry_25s, &tasks).await;
+    receiver.wait_for("/big", N, Duration::from_secs(60)).await;
+    let got = receiver.received();
+    let ids: BTreeSet<&str> = got
+        .iter()
+        .map(|r| r.header("x-webhook-id").unwrap())
+        .collect();
+    assert_eq!((got.len(), ids.len()), (N, N), "each task delivered once");
+    assert!(got
+        .iter()
+        .all(|r| r.signature_valid == Some(true) && r.body.len() > PAD));
+    let first = got.iter().map(|r| r.at).min().unwrap();
+    let wall_first = chrono::Utc::now().timestamp_millis() - first.elapsed().as_millis() as i64;
+    assert!(
+        wall_first >= due - 50,
+        "delivered {} ms early",
+        due - wall_first
+    );
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paced_replay_of_20000_failed_records_is_paced_and_all_are_delivered() {
     const N: usize = 20_000;
