@@ -696,14 +696,12 @@ async fn a_tier_full_of_large_tasks_due_at_once_delivers_every_one_once_and_none
                 r#"{{"event_type":"{PTS}","data":{{"user_id":"u{n}","note":"{pad}"}},"timestamp":"2025-01-15T10:30:00.000Z"}}"#
             )
             .into();
-            t.due_at_ms = due;
             t.failed_at_ms = None;
             t
         })
         .collect();
     produce_tasks(&c.topics.retry_25s, &tasks).await;
-    receiver.wait_for("/big", N, Duration::from_secs(60)).await;
-    let got = receiver.received();
+    let got = receiver.wait_for("/big", N, Duration::from_secs(60)).await;
     let ids: BTreeSet<&str> = got
         .iter()
         .map(|r| r.header("x-webhook-id").unwrap())
